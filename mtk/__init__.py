@@ -1,0 +1,17 @@
+"""mtk: multi-task and transfer learning on Keras 3 (TensorFlow backend).
+
+One pretrained trunk, several named heads, a frozen-then-unfrozen training
+schedule. See README.md for the quick start.
+"""
+
+from mtk import heads
+from mtk import losses
+from mtk.builder import build_multitask_model
+from mtk.builder import compile_multitask
+from mtk.training import check_training_data
+from mtk.training import fit_transfer
+from mtk.training import freeze_trunk
+from mtk.training import recompile
+from mtk.training import unfreeze_trunk
+
+__version__ = "0.1.0"

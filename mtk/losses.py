@@ -1,0 +1,181 @@
+"""Losses and metrics that skip missing labels.
+
+Multi-task data is often partially labelled: an example from a pets data set
+has no label for a cars head. mtk marks such labels with one sentinel per
+label kind and every loss and metric here ignores them:
+
+- ``"class_id"`` labels (integer class ids, `Classification` heads): ``-1``.
+- ``"float"`` labels (`Binary`, `MultiLabel` entries, `Regression`): ``NaN``.
+
+A missing label contributes no loss and no metric update; the loss of a batch
+is the mean over the labels that are present, so it does not shrink when a
+batch happens to hold few labelled examples.
+"""
+
+import keras
+from keras import ops
+
+MISSING_CLASS_ID = -1
+MISSING_FLOAT = float("nan")
+
+LABEL_KINDS = ("class_id", "float")
+
+# Element-wise losses by name, computed on labels that are already cleaned of
+# sentinels. Each returns one value per label entry.
+_ELEMENTWISE_LOSSES = {
+    "sparse_categorical_crossentropy": lambda y, p: (
+        keras.losses.sparse_categorical_crossentropy(y, p)
+    ),
+    "binary_crossentropy": lambda y, p: keras.losses.binary_crossentropy(
+        ops.expand_dims(y, -1), ops.expand_dims(p, -1)
+    ),
+    "mean_squared_error": lambda y, p: ops.square(y - p),
+    "mean_absolute_error": lambda y, p: ops.abs(y - p),
+    "huber": lambda y, p: keras.losses.huber(
+        ops.expand_dims(y, -1), ops.expand_dims(p, -1)
+    ),
+}
+
+
+def _check_label_kind(label_kind):
+    if label_kind not in LABEL_KINDS:
+        raise ValueError(
+            f"Unknown label_kind {label_kind!r}; expected one of {LABEL_KINDS}."
+        )
+
+
+def split_missing(y_true, y_pred, label_kind):
+    """Returns ``(clean_y_true, present)`` for a batch of labels.
+
+    ``present`` is a float mask (1 = labelled, 0 = missing) with the shape of
+    the label entries; ``clean_y_true`` has every sentinel replaced by a valid
+    placeholder so that losses stay finite before masking.
+
+    Args:
+        y_true: labels, possibly with sentinels.
+        y_pred: the head's predictions (used for shapes only).
+        label_kind: ``"class_id"`` or ``"float"``.
+    """
+    _check_label_kind(label_kind)
+    if label_kind == "class_id":
+        y_true = ops.convert_to_tensor(y_true)
+        # Accept (batch,) and (batch, 1) class ids.
+        if len(y_true.shape) == len(y_pred.shape):
+            y_true = ops.squeeze(y_true, axis=-1)
+        y_true = ops.cast(y_true, "int32")
+        present = ops.greater_equal(y_true, 0)
+        clean = ops.where(present, y_true, ops.zeros_like(y_true))
+    else:
+        y_true = ops.cast(y_true, y_pred.dtype)
+        # Accept (batch,) targets for single-unit heads.
+        if len(y_true.shape) == len(y_pred.shape) - 1:
+            y_true = ops.expand_dims(y_true, -1)
+        present = ops.logical_not(ops.isnan(y_true))
+        clean = ops.where(present, y_true, ops.zeros_like(y_true))
+    return clean, ops.cast(present, y_pred.dtype)
+
+
+@keras.saving.register_keras_serializable(package="mtk")
+class MaskedLoss(keras.losses.Loss):
+    """A loss that ignores labels marked missing.
+
+    Args:
+        loss: name of the element-wise loss, one of
+            ``"sparse_categorical_crossentropy"``, ``"binary_crossentropy"``,
+            ``"mean_squared_error"``, ``"mean_absolute_error"``, ``"huber"``.
+        label_kind: ``"class_id"`` (sentinel -1) or ``"float"`` (sentinel NaN).
+
+    Example:
+
+    >>> loss = MaskedLoss("mean_squared_error", label_kind="float")
+    >>> float(loss([[1.0], [float("nan")]], [[3.0], [100.0]]))
+    4.0
+    """
+
+    def __init__(self, loss, label_kind, name=None, **kwargs):
+        if loss not in _ELEMENTWISE_LOSSES:
+            raise ValueError(
+                f"Unknown loss {loss!r}; expected one of "
+                f"{sorted(_ELEMENTWISE_LOSSES)}."
+            )
+        _check_label_kind(label_kind)
+        super().__init__(name=name or f"masked_{loss}", **kwargs)
+        self.loss = loss
+        self.label_kind = label_kind
+
+    def call(self, y_true, y_pred):
+        clean, present = split_missing(y_true, y_pred, self.label_kind)
+        values = _ELEMENTWISE_LOSSES[self.loss](clean, y_pred) * present
+        # The default reduction divides the sum by the number of entries;
+        # rescale so the result is the mean over present labels only.
+        total = ops.cast(ops.size(present), values.dtype)
+        count = ops.maximum(ops.sum(present), 1.0)
+        return values * (total / count)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"loss": self.loss, "label_kind": self.label_kind})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mtk")
+class MaskedMetric(keras.metrics.Metric):
+    """Wraps a Keras metric so that missing labels do not update it.
+
+    Missing entries get sample weight 0. For ``"float"`` labels the entries are
+    flattened first, so one missing entry of a multi-label target does not
+    discard the entries beside it.
+
+    Args:
+        metric: a `keras.metrics.Metric` instance (or its serialized config).
+        label_kind: ``"class_id"`` (sentinel -1) or ``"float"`` (sentinel NaN).
+
+    Example:
+
+    >>> m = MaskedMetric(keras.metrics.BinaryAccuracy(), label_kind="float")
+    >>> m.update_state([[1.0], [float("nan")]], [[0.9], [0.9]])
+    >>> float(m.result())
+    1.0
+    """
+
+    def __init__(self, metric, label_kind, name=None, **kwargs):
+        if not isinstance(metric, keras.metrics.Metric):
+            metric = keras.metrics.deserialize(metric)
+        _check_label_kind(label_kind)
+        super().__init__(name=name or metric.name, **kwargs)
+        self.metric = metric
+        self.label_kind = label_kind
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        clean, present = split_missing(y_true, y_pred, self.label_kind)
+        if self.label_kind == "float":
+            clean = ops.reshape(clean, (-1, 1))
+            y_pred = ops.reshape(y_pred, (-1, 1))
+            if sample_weight is not None:
+                # Per-example weights apply to each of the example's entries.
+                sample_weight = ops.broadcast_to(
+                    ops.reshape(ops.cast(sample_weight, present.dtype), (-1, 1)),
+                    ops.shape(present),
+                )
+            present = ops.reshape(present, (-1,))
+            if sample_weight is not None:
+                sample_weight = ops.reshape(sample_weight, (-1,))
+        if sample_weight is not None:
+            present = present * ops.cast(sample_weight, present.dtype)
+        self.metric.update_state(clean, y_pred, sample_weight=present)
+
+    def result(self):
+        return self.metric.result()
+
+    def reset_state(self):
+        self.metric.reset_state()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "metric": keras.metrics.serialize(self.metric),
+                "label_kind": self.label_kind,
+            }
+        )
+        return config

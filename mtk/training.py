@@ -1,0 +1,296 @@
+"""Transfer learning: freeze, unfreeze, and the two-phase `fit_transfer`.
+
+Phase 1 trains the heads on a frozen trunk. Phase 2 unfreezes all of the trunk
+or its top part, recompiles with the same losses, loss weights and metrics and
+a lower learning rate, and trains on. BatchNormalization layers stay in
+inference mode throughout phase 2 (in Keras 3 a BatchNormalization layer with
+``trainable=False`` normalises with its moving statistics and does not update
+them), so a small target data set does not wreck the pretrained statistics.
+"""
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from mtk.heads import check_labels
+from mtk.heads import heads_of
+from mtk.trunks import TRUNK_NAME
+
+
+def get_trunk(model):
+    """The model's trunk: its nested layer named ``"trunk"``."""
+    try:
+        return model.get_layer(TRUNK_NAME)
+    except ValueError:
+        raise ValueError(
+            f"Model {model.name!r} has no layer named {TRUNK_NAME!r}; build it "
+            "with mtk.build_multitask_model()."
+        ) from None
+
+
+def freeze_trunk(model):
+    """Freezes the whole trunk (phase 1). Recompile afterwards.
+
+    Example:
+
+    >>> freeze_trunk(model)
+    >>> model.get_layer("trunk").trainable
+    False
+    """
+    get_trunk(model).trainable = False
+
+
+def _trunk_layers(trunk):
+    return [
+        layer
+        for layer in trunk.layers
+        if not isinstance(layer, keras.layers.InputLayer)
+    ]
+
+
+def _unfreeze_start(layers, unfreeze):
+    """Index of the first trunk layer that ``unfreeze`` makes trainable."""
+    names = [layer.name for layer in layers]
+    if unfreeze == "all":
+        return 0
+    if isinstance(unfreeze, int) and not isinstance(unfreeze, bool):
+        unfreeze = f"top:{unfreeze}"
+    if isinstance(unfreeze, str) and unfreeze.startswith("top:"):
+        count = unfreeze[len("top:") :]
+        if not count.isdigit() or not 1 <= int(count) <= len(layers):
+            raise ValueError(
+                f"unfreeze={unfreeze!r}: the trunk has {len(layers)} layers; "
+                f"use 'top:N' with 1 <= N <= {len(layers)}."
+            )
+        return len(layers) - int(count)
+    if isinstance(unfreeze, str) and unfreeze.startswith("from:"):
+        name = unfreeze[len("from:") :]
+        if name not in names:
+            raise ValueError(
+                f"unfreeze={unfreeze!r} names no layer of the trunk; its "
+                f"layers are {names}."
+            )
+        return names.index(name)
+    raise ValueError(
+        f"unfreeze must be 'all', 'top:N', 'from:<layer name>' or an int N; "
+        f"got {unfreeze!r}."
+    )
+
+
+def unfreeze_trunk(model, unfreeze="all"):
+    """Makes the trunk, or its top part, trainable (phase 2).
+
+    BatchNormalization layers anywhere in the trunk stay frozen, i.e. in
+    inference mode. Recompile afterwards (`recompile`).
+
+    Args:
+        model: a model from `mtk.build_multitask_model`.
+        unfreeze: ``"all"``; ``"top:N"`` (or the int N) for the last N layers
+            of the trunk; ``"from:<layer name>"`` for that layer and all
+            after it.
+
+    Returns:
+        The number of trunk layers made trainable.
+
+    Example:
+
+    >>> unfreeze_trunk(model, "top:20")
+    20
+    """
+    trunk = get_trunk(model)
+    layers = _trunk_layers(trunk)
+    start = _unfreeze_start(layers, unfreeze)
+    trunk.trainable = True
+    for index, layer in enumerate(layers):
+        layer.trainable = index >= start
+    # _flatten_layers reaches BatchNormalization nested in sub-layers too.
+    for layer in trunk._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    return len(layers) - start
+
+
+def recompile(model, learning_rate=None):
+    """Recompiles a model after its trainable state changed.
+
+    Keeps the losses, loss weights, metrics and other compile settings; the
+    optimizer restarts from the same configuration, with ``learning_rate``
+    when one is given.
+
+    Args:
+        model: a compiled model.
+        learning_rate: the new learning rate, or None to keep it.
+
+    Example:
+
+    >>> unfreeze_trunk(model)
+    >>> recompile(model, learning_rate=1e-5)
+    """
+    if not model.compiled:
+        raise ValueError(
+            f"Model {model.name!r} is not compiled; compile it first (e.g. "
+            "mtk.compile_multitask(model))."
+        )
+    config = model.get_compile_config()
+    optimizer_config = model.optimizer.get_config()
+    if learning_rate is not None:
+        optimizer_config["learning_rate"] = learning_rate
+    config["optimizer"] = keras.optimizers.serialize(
+        model.optimizer.__class__.from_config(optimizer_config)
+    )
+    model.compile_from_config(config)
+
+
+def check_training_data(model, x, y=None):
+    """Checks inputs and labels against the model before any training.
+
+    Args:
+        model: a model from `mtk.build_multitask_model`.
+        x: a `tf.data.Dataset` of ``(inputs, {head: label})`` batches, or
+            the inputs as arrays (then ``y`` holds the labels dict).
+        y: labels dict of arrays when ``x`` is not a dataset.
+
+    Raises:
+        ValueError: naming the head or input at fault.
+    """
+    if isinstance(x, tf.data.Dataset):
+        spec = x.element_spec
+        if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+            raise ValueError(
+                "The dataset must yield (inputs, labels) or (inputs, labels, "
+                f"sample_weights) tuples; its element_spec is {spec}."
+            )
+        input_spec, label_spec = spec[0], spec[1]
+    else:
+        input_spec = tf.TensorSpec.from_tensor(tf.convert_to_tensor(x))
+        if not isinstance(y, dict):
+            raise ValueError(
+                "y must be a dict keyed by head name "
+                f"({sorted(heads_of(model))}), got {type(y).__name__}."
+            )
+        label_spec = {
+            key: tf.TensorSpec(np.shape(value), tf.as_dtype(np.asarray(value).dtype))
+            for key, value in y.items()
+        }
+    _check_inputs(model, input_spec)
+    check_labels(heads_of(model), label_spec)
+
+
+def _check_inputs(model, spec):
+    expected = model.inputs[0]
+    if not isinstance(spec, tf.TensorSpec):
+        raise ValueError(
+            f"Model {model.name!r} takes one input tensor; the data's inputs "
+            f"are {spec}."
+        )
+    want = tuple(expected.shape[1:])
+    got = tuple(spec.shape[1:])
+    shapes_fit = len(want) == len(got) and all(
+        w is None or g is None or w == g for w, g in zip(want, got)
+    )
+    if not shapes_fit:
+        raise ValueError(
+            f"Input {expected.name!r} takes examples of shape {want}; the "
+            f"data's are {got}."
+        )
+    if (expected.dtype == "string") != (spec.dtype == tf.string):
+        raise ValueError(
+            f"Input {expected.name!r} takes {expected.dtype} data; the data "
+            f"is {spec.dtype.name}."
+        )
+
+
+def fit_transfer(
+    model,
+    x,
+    validation_data=None,
+    *,
+    frozen_epochs=3,
+    finetune_epochs=5,
+    unfreeze="all",
+    finetune_learning_rate=1e-5,
+    **fit_kwargs,
+):
+    """Trains frozen, then fine-tunes unfrozen; returns one history.
+
+    Args:
+        model: a compiled model from `mtk.build_multitask_model`.
+        x: training data: a `tf.data.Dataset` of ``(inputs, {head: label})``
+            batches (or inputs arrays with ``y=`` in ``fit_kwargs``).
+        validation_data: as for `keras.Model.fit`.
+        frozen_epochs: epochs of phase 1 (trunk frozen).
+        finetune_epochs: epochs of phase 2 (trunk unfrozen).
+        unfreeze: what phase 2 unfreezes: ``"all"``, ``"top:N"`` or
+            ``"from:<layer name>"`` (see `unfreeze_trunk`).
+        finetune_learning_rate: learning rate of phase 2.
+        **fit_kwargs: other `keras.Model.fit` arguments (callbacks, verbose,
+            ...). ``epochs`` and ``initial_epoch`` are set by the schedule.
+
+    Returns:
+        A `keras.callbacks.History` covering both phases; its
+        ``phase_boundary`` attribute (also ``params["phase_boundary"]``) is
+        the index of the first fine-tuning epoch.
+
+    Example:
+
+    >>> history = mtk.fit_transfer(model, train_ds, validation_data=val_ds,
+    ...                            frozen_epochs=1, finetune_epochs=1)
+    >>> history.phase_boundary
+    1
+    """
+    for key in ("epochs", "initial_epoch"):
+        if key in fit_kwargs:
+            raise ValueError(
+                f"fit_transfer sets {key} itself; use frozen_epochs and "
+                "finetune_epochs."
+            )
+    for key, value in (
+        ("frozen_epochs", frozen_epochs),
+        ("finetune_epochs", finetune_epochs),
+    ):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key} must be an integer >= 0, got {value!r}.")
+    check_training_data(model, x, fit_kwargs.get("y"))
+    # Resolve the unfreeze spec now, so a typo fails before phase 1 runs.
+    _unfreeze_start(_trunk_layers(get_trunk(model)), unfreeze)
+
+    histories = []
+    if frozen_epochs:
+        freeze_trunk(model)
+        recompile(model)
+        histories.append(
+            model.fit(
+                x,
+                validation_data=validation_data,
+                epochs=frozen_epochs,
+                **fit_kwargs,
+            )
+        )
+    if finetune_epochs:
+        unfreeze_trunk(model, unfreeze)
+        recompile(model, learning_rate=finetune_learning_rate)
+        histories.append(
+            model.fit(
+                x,
+                validation_data=validation_data,
+                initial_epoch=frozen_epochs,
+                epochs=frozen_epochs + finetune_epochs,
+                **fit_kwargs,
+            )
+        )
+    return _merge_histories(model, histories, phase_boundary=frozen_epochs)
+
+
+def _merge_histories(model, histories, phase_boundary):
+    merged = keras.callbacks.History()
+    merged.set_model(model)
+    merged.history = {}
+    merged.epoch = []
+    for history in histories:
+        merged.epoch.extend(history.epoch)
+        for key, values in history.history.items():
+            merged.history.setdefault(key, []).extend(values)
+    merged.params = dict(histories[-1].params) if histories else {}
+    merged.params["phase_boundary"] = phase_boundary
+    merged.phase_boundary = phase_boundary
+    return merged

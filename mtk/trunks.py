@@ -1,0 +1,280 @@
+"""Resolving a trunk: the pretrained network every head shares.
+
+``trunk=`` accepts:
+
+- a keras.applications short name (`APPLICATIONS`), e.g. ``"mobilenet_v3_small"``;
+- a keras-hub text preset name, or a local preset directory, including a
+  local Hugging Face checkpoint directory that keras-hub converts;
+- a path to a saved ``.keras`` model;
+- a `keras.Model`.
+
+`build_trunk` returns the model input and the pooled feature vector the heads
+read. The trunk itself is one nested model named ``"trunk"``; the input
+preprocessing it needs (the application's ``preprocess_input``, the keras-hub
+tokenizer) sits in front of it inside the model, so the model takes raw
+images or strings.
+
+``trunk_weights`` means the same for every source:
+
+- ``"pretrained"`` (default): the trunk's own pretrained weights (ImageNet for
+  keras.applications, the preset's for keras-hub, as saved for a model).
+  ``"imagenet"`` is accepted as a synonym for applications.
+- ``None``: the same architecture, randomly initialised (training from
+  scratch).
+- a path to a local weights file (``.weights.h5``) to load into the trunk.
+"""
+
+import os
+
+import keras
+
+from mtk.preprocessing import ApplicationPreprocessing
+from mtk.preprocessing import TextPreprocessing
+
+TRUNK_NAME = "trunk"
+POOLING_NAME = "pooling"
+
+# Short name -> (keras.applications class, module holding preprocess_input).
+APPLICATIONS = {
+    "mobilenet_v2": ("MobileNetV2", "mobilenet_v2"),
+    "mobilenet_v3_small": ("MobileNetV3Small", "mobilenet_v3"),
+    "mobilenet_v3_large": ("MobileNetV3Large", "mobilenet_v3"),
+    "efficientnet_b0": ("EfficientNetB0", "efficientnet"),
+    "efficientnet_b1": ("EfficientNetB1", "efficientnet"),
+    "efficientnet_b2": ("EfficientNetB2", "efficientnet"),
+    "efficientnet_b3": ("EfficientNetB3", "efficientnet"),
+    "efficientnet_v2_b0": ("EfficientNetV2B0", "efficientnet_v2"),
+    "resnet50": ("ResNet50", "resnet50"),
+    "convnext_tiny": ("ConvNeXtTiny", "convnext"),
+}
+
+
+def build_trunk(
+    trunk,
+    input_shape=None,
+    trunk_weights="pretrained",
+    trunk_output=None,
+    sequence_length=None,
+):
+    """Builds the shared part of a multi-task model.
+
+    Args:
+        trunk: see the module docstring.
+        input_shape: per-example input shape for image trunks; required for
+            keras.applications, checked against the model for model trunks.
+        trunk_weights: ``"pretrained"``, ``None`` or a weights file path.
+        trunk_output: for model trunks, the name of the layer whose output
+            becomes the features (the model is cut there).
+        sequence_length: for text trunks, the token sequence length.
+
+    Returns:
+        ``(inputs, features)``: the model's input tensor and the pooled
+        ``(batch, dim)`` features.
+
+    Example:
+
+    >>> inputs, features = build_trunk(
+    ...     "mobilenet_v3_small", input_shape=(32, 32, 3), trunk_weights=None)
+    >>> features.shape
+    (None, 576)
+    """
+    _check_weights_argument(trunk_weights)
+    if trunk_output is not None and not (
+        isinstance(trunk, keras.Model)
+        or (isinstance(trunk, str) and trunk.endswith(".keras"))
+    ):
+        raise ValueError(
+            "trunk_output cuts a keras.Model or .keras trunk at a named "
+            f"layer; it does not apply to trunk={trunk!r}."
+        )
+    if isinstance(trunk, keras.Model):
+        return _model_trunk(trunk, input_shape, trunk_weights, trunk_output)
+    if not isinstance(trunk, (str, os.PathLike)):
+        raise TypeError(
+            "trunk must be a keras.applications name, a keras-hub preset name "
+            "or directory, a .keras path or a keras.Model; got "
+            f"{type(trunk).__name__}."
+        )
+    trunk = os.fspath(trunk)
+    if trunk in APPLICATIONS:
+        return _application_trunk(trunk, input_shape, trunk_weights)
+    if trunk.endswith(".keras"):
+        if not os.path.isfile(trunk):
+            raise FileNotFoundError(f"trunk={trunk!r}: no such .keras file.")
+        model = keras.saving.load_model(trunk)
+        return _model_trunk(model, input_shape, trunk_weights, trunk_output)
+    if os.path.isdir(trunk) or _is_keras_hub_preset(trunk):
+        return _keras_hub_text_trunk(trunk, trunk_weights, sequence_length)
+    raise ValueError(
+        f"Unknown trunk {trunk!r}. Known keras.applications names: "
+        f"{sorted(APPLICATIONS)}. Also accepted: a keras-hub preset name "
+        "(keras_hub.models.Backbone.presets), a local preset or Hugging Face "
+        "checkpoint directory, a .keras file, or a keras.Model."
+    )
+
+
+_NAMED_WEIGHTS = (None, "pretrained", "imagenet")
+
+
+def _weights_file(trunk_weights):
+    """The local weights file named by trunk_weights, or None."""
+    return None if trunk_weights in _NAMED_WEIGHTS else os.fspath(trunk_weights)
+
+
+def _check_weights_argument(trunk_weights):
+    if trunk_weights in _NAMED_WEIGHTS:
+        return
+    if not isinstance(trunk_weights, (str, os.PathLike)) or not os.path.isfile(
+        trunk_weights
+    ):
+        raise ValueError(
+            "trunk_weights must be 'pretrained', 'imagenet', None or the path "
+            f"of an existing weights file; got {trunk_weights!r}."
+        )
+
+
+def _pool(features):
+    """Pools a feature map to one vector per example."""
+    rank = len(features.shape)
+    if rank == 2:
+        return features
+    if rank == 3:
+        return keras.layers.GlobalAveragePooling1D(name=POOLING_NAME)(features)
+    if rank == 4:
+        return keras.layers.GlobalAveragePooling2D(name=POOLING_NAME)(features)
+    raise ValueError(
+        f"The trunk's output has shape {features.shape}; mtk pools outputs "
+        "of rank 2 to 4. Use trunk_output= to cut the trunk at another layer."
+    )
+
+
+def _application_trunk(name, input_shape, trunk_weights):
+    class_name, module = APPLICATIONS[name]
+    if input_shape is None:
+        raise ValueError(
+            f"trunk={name!r} needs input_shape, e.g. (224, 224, 3)."
+        )
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(
+            f"trunk={name!r} takes RGB images: input_shape must be "
+            f"(height, width, 3), got {input_shape}."
+        )
+    # A weights file is loaded below, into the trunk alone.
+    weights = None if trunk_weights is None else "imagenet"
+    if _weights_file(trunk_weights):
+        weights = None
+    application = getattr(keras.applications, class_name)
+    try:
+        network = application(
+            include_top=False, weights=weights, input_shape=input_shape
+        )
+    except ValueError as error:
+        raise ValueError(
+            f"trunk={name!r} cannot take input_shape={input_shape}: {error}"
+        ) from error
+    except Exception as error:
+        if weights == "imagenet" and "fetch" in str(error).lower():
+            raise RuntimeError(
+                f"Could not download the ImageNet weights of {name!r} (no "
+                "network?). Pass trunk_weights=None to train from scratch or "
+                "the path of a local weights file."
+            ) from error
+        raise
+    # Some applications use their name argument as the variant key, so the
+    # trunk is named by wrapping, not by name=.
+    trunk = keras.Model(network.inputs, network.outputs[0], name=TRUNK_NAME)
+    if _weights_file(trunk_weights):
+        trunk.load_weights(_weights_file(trunk_weights))
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = ApplicationPreprocessing(module, name="preprocessing")(inputs)
+    return inputs, _pool(trunk(x))
+
+
+def _model_trunk(model, input_shape, trunk_weights, trunk_output):
+    if len(model.inputs) != 1:
+        raise ValueError(
+            f"A model trunk must have one input; {model.name!r} has "
+            f"{len(model.inputs)}."
+        )
+    if trunk_weights is None:
+        # Same architecture, fresh initial weights.
+        model = keras.models.clone_model(model)
+    if trunk_output is not None:
+        try:
+            output = model.get_layer(trunk_output).output
+        except ValueError:
+            names = [layer.name for layer in model.layers]
+            raise ValueError(
+                f"trunk_output={trunk_output!r} names no layer of "
+                f"{model.name!r}; its layers are {names}."
+            ) from None
+    else:
+        output = model.outputs[0]
+        if len(model.outputs) != 1:
+            raise ValueError(
+                f"Model trunk {model.name!r} has {len(model.outputs)} outputs; "
+                "pick one with trunk_output=<layer name>."
+            )
+    trunk = keras.Model(model.inputs, output, name=TRUNK_NAME)
+    if _weights_file(trunk_weights):
+        trunk.load_weights(_weights_file(trunk_weights))
+    model_shape = tuple(model.inputs[0].shape[1:])
+    if input_shape is not None and not _shapes_compatible(
+        tuple(input_shape), model_shape
+    ):
+        raise ValueError(
+            f"input_shape={tuple(input_shape)} does not fit the trunk "
+            f"{model.name!r}, which takes {model_shape}."
+        )
+    shape = tuple(input_shape) if input_shape is not None else model_shape
+    inputs = keras.Input(shape=shape, dtype=model.inputs[0].dtype, name="inputs")
+    return inputs, _pool(trunk(inputs))
+
+
+def _shapes_compatible(given, expected):
+    return len(given) == len(expected) and all(
+        e is None or g == e for g, e in zip(given, expected)
+    )
+
+
+def _is_keras_hub_preset(name):
+    import keras_hub
+
+    return name in keras_hub.models.Backbone.presets
+
+
+def _keras_hub_text_trunk(preset, trunk_weights, sequence_length):
+    import keras_hub
+
+    kwargs = {}
+    if sequence_length is not None:
+        kwargs["sequence_length"] = sequence_length
+    try:
+        preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
+            preset, **kwargs
+        )
+    except ValueError as error:
+        raise ValueError(
+            f"trunk={preset!r} is not a keras-hub text model mtk can use "
+            f"(no text preprocessor for it): {error}"
+        ) from error
+    backbone = keras_hub.models.Backbone.from_preset(
+        preset, load_weights=trunk_weights is not None
+    )
+    if _weights_file(trunk_weights):
+        backbone.load_weights(_weights_file(trunk_weights))
+    # Keep only the token-level output: layers mtk does not use (BERT's
+    # pooler) would otherwise be trained without gradients, and a plain
+    # functional trunk saves each layer's trainable flag.
+    trunk = keras.Model(
+        backbone.input, backbone.output["sequence_output"], name=TRUNK_NAME
+    )
+    inputs = keras.Input(shape=(), dtype="string", name="text")
+    tokens = TextPreprocessing(preprocessor, name="preprocessing")(inputs)
+    sequence = trunk(tokens)
+    # Mean over real tokens: the sentence embedding of sentence-transformers.
+    features = keras.layers.GlobalAveragePooling1D(name=POOLING_NAME)(
+        sequence, mask=tokens["padding_mask"]
+    )
+    return inputs, features
