@@ -1,0 +1,235 @@
+"""Is the input pipeline what a training step waits on?
+
+Trains one small two-head model on MultiFashion for N steps, fed
+
+  (a)  by `mtk.data.from_tfds` reading the prepared TFDS records (read,
+       parse, PNG-decode, shuffle, batch, prefetch on every step),
+  (a') by `mtk.data.from_tfds(..., cache=True)` once its first epoch has
+       filled the cache (what later epochs see), and
+  (b)  by the very same examples already in memory
+       (`tf.data.Dataset.from_tensor_slices(...).batch().cache()`),
+
+and prints the step times, their ratio to (b) (target <= 1.05) and the
+examples per second each pipeline delivers on its own.
+
+The dataset is built once from the local Fashion-MNIST files (Debian's
+`dataset-fashion-mnist`, the Keras cache or --fashion-dir) into a temporary
+TFDS data_dir (or --data-dir, reused when already prepared). No network.
+
+    python benchmarks/input_pipeline.py              # ~1-2 minutes on 2 cores
+    python benchmarks/input_pipeline.py --steps 500 --batch-size 256
+"""
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+import mtk  # noqa: E402
+from mtk.data import from_tfds  # noqa: E402
+from mtk.heads import Classification  # noqa: E402
+
+TASKS = {"left": "label_left", "right": "label_right"}
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=60,
+        help="timed training steps per run (default 60)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=10,
+        help="untimed steps at the start of each run",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="alternating (a)/(b) runs, to even out noise",
+    )
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--config",
+        default="small",
+        help="multi_fashion config: small (12k) or paper (120k)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="TFDS data_dir (default: a temporary directory)",
+    )
+    parser.add_argument(
+        "--fashion-dir",
+        default=None,
+        help="directory holding the Fashion-MNIST .gz files",
+    )
+    return parser.parse_args()
+
+
+def small_cnn():
+    """The trunk: a small CNN, a realistic CPU step for 36x36 images."""
+    inputs = keras.Input((36, 36, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    for filters in (16, 32, 64):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(
+            x
+        )
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, x, name="small_cnn")
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Wall time of each training step (end to end, data wait included)."""
+
+    def on_train_begin(self, logs=None):
+        self.ends = [time.perf_counter()]
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+
+    def step_times(self, skip):
+        return np.diff(self.ends)[skip:]
+
+
+def timed_fit(model, dataset, steps, warmup):
+    timer = StepTimer()
+    model.fit(
+        dataset,
+        epochs=1,
+        steps_per_epoch=warmup + steps,
+        callbacks=[timer],
+        shuffle=False,
+        verbose=0,
+    )
+    return timer.step_times(warmup)
+
+
+def pipeline_rate(dataset, batches, batch_size):
+    iterator = iter(dataset)
+    next(iterator)  # Start-up (file opening, shuffle buffer) is not counted.
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def main():
+    args = parse_args()
+    tfds.disable_progress_bar()
+    data_dir = args.data_dir or tempfile.mkdtemp(prefix="mtk_bench_")
+    name = f"multi_fashion/{args.config}"
+    heads = [Classification("left", 10), Classification("right", 10)]
+    prepare = {}
+    if args.fashion_dir:
+        prepare["download_config"] = tfds.download.DownloadConfig(
+            manual_dir=args.fashion_dir
+        )
+    common = dict(
+        heads=heads,
+        tasks=TASKS,
+        data_dir=data_dir,
+        download_and_prepare_kwargs=prepare,
+    )
+
+    start = time.perf_counter()
+    train = dict(
+        split="train",
+        shuffle=True,
+        seed=0,
+        batch_size=args.batch_size,
+        drop_remainder=True,
+        **common,
+    )
+    # (a) reads and decodes the TFDS records on every step: TFDS's own
+    # in-memory cache of small datasets is switched off.
+    records, info = from_tfds(
+        name,
+        read_config=tfds.ReadConfig(try_autocache=False, shuffle_seed=0),
+        with_info=True,
+        **train,
+    )
+    print(f"prepared {name} in {data_dir} ({time.perf_counter() - start:.1f}s)")
+    # (a') caches the decoded examples; timed once the first epoch filled it.
+    cached = from_tfds(name, cache=True, **train)
+    for _ in cached:
+        pass
+    # (b) the same examples, already in memory.
+    x, y = next(
+        iter(
+            tfds.as_numpy(
+                from_tfds(
+                    name,
+                    split="train",
+                    batch_size=info.splits["train"].num_examples,
+                    **common,
+                )
+            )
+        )
+    )
+    memory = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .batch(args.batch_size, drop_remainder=True)
+        .cache()
+        .repeat()
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    feeds = {
+        "(a) from_tfds, records decoded each step": records.repeat(),
+        "(a') from_tfds(cache=True), warm": cached.repeat(),
+        "(b) same tensors in memory": memory,
+    }
+
+    model = mtk.build_multitask_model(
+        small_cnn(), heads=heads, freeze_trunk=False
+    )
+    # Trace the train step once, outside the timed runs.
+    model.fit(memory, epochs=1, steps_per_epoch=5, shuffle=False, verbose=0)
+    times = {label: [] for label in feeds}
+    for _ in range(args.rounds):
+        for label, feed in feeds.items():
+            times[label].extend(timed_fit(model, feed, args.steps, args.warmup))
+
+    print(
+        f"\n{len(x)} examples of {name}, batch {args.batch_size}, "
+        f"{args.rounds} x {args.steps} timed steps per feed, "
+        f"{os.cpu_count()} CPUs\n"
+    )
+    memory_times = times["(b) same tensors in memory"]
+    rows = [
+        "| feed | mean step ms | median step ms | ratio of means | "
+        "ratio of medians | pipeline alone ex/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, feed in feeds.items():
+        mean = statistics.fmean(times[label])
+        median = statistics.median(times[label])
+        rate = pipeline_rate(feed, args.steps, args.batch_size)
+        rows.append(
+            f"| {label} | {1e3 * mean:.2f} | {1e3 * median:.2f} | "
+            f"{mean / statistics.fmean(memory_times):.3f} | "
+            f"{median / statistics.median(memory_times):.3f} | {rate:,.0f} |"
+        )
+    print("\n".join(rows))
+    print("\nratios are to (b); target <= 1.05")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""MultiFashion: a two-task image benchmark as a TFDS dataset builder.
+
+MultiFashion is the Fashion-MNIST variant of MultiMNIST used by Sener &
+Koltun (2018, "Multi-Task Learning as Multi-Objective Optimization") and Lin
+et al. (2019, "Pareto Multi-Task Learning"): two Fashion-MNIST items on one
+36x36 canvas, one shifted to the top-left corner and one to the bottom-right
+corner, overlapping in the middle (the pixel-wise maximum). The two tasks are
+the classes of the two items.
+
+Importing this module registers the builder as ``"multi_fashion"``, so
+``tfds.load("multi_fashion", data_dir=...)`` and ``tfds.builder`` find it.
+It is built from the local Fashion-MNIST files (see `mtk.data.fashion_mnist`)
+and never downloads.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mtk.data import fashion_mnist
+
+CANVAS_SIZE = 36
+# Top-left corner of each 28x28 item on the canvas.
+LEFT_OFFSET = (0, 0)
+RIGHT_OFFSET = (CANVAS_SIZE - 28, CANVAS_SIZE - 28)
+
+_CITATION = """\
+@inproceedings{sener2018multi,
+  title={Multi-Task Learning as Multi-Objective Optimization},
+  author={Sener, Ozan and Koltun, Vladlen},
+  booktitle={Advances in Neural Information Processing Systems},
+  year={2018}
+}
+@inproceedings{lin2019pareto,
+  title={Pareto Multi-Task Learning},
+  author={Lin, Xi and Zhen, Hui-Ling and Li, Zhenhua and Zhang, Qingfu and
+          Kwong, Sam},
+  booktitle={Advances in Neural Information Processing Systems},
+  year={2019}
+}
+"""
+
+
+@dataclasses.dataclass
+class MultiFashionConfig(tfds.core.BuilderConfig):
+    """Sizes and seed of one MultiFashion variant.
+
+    Args:
+        name: the config name (``"multi_fashion/<name>"``).
+        train_size: number of training canvases, drawn from Fashion-MNIST's
+            training images.
+        test_size: number of test canvases, drawn from its test images.
+        seed: seed of the random pairing; equal seeds give equal datasets.
+    """
+
+    train_size: int = 120_000
+    test_size: int = 20_000
+    seed: int = 0
+
+
+def overlay(left_item, right_item):
+    """Puts two 28x28 items on one canvas: top-left and bottom-right.
+
+    Args:
+        left_item: uint8 array (28, 28), placed at the top-left corner.
+        right_item: uint8 array (28, 28), placed at the bottom-right corner.
+
+    Returns:
+        A uint8 array (36, 36, 1): where the items overlap, the brighter
+        pixel wins.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from mtk.data.multi_fashion import overlay
+    >>> canvas = overlay(np.full((28, 28), 9, np.uint8),
+    ...                  np.full((28, 28), 5, np.uint8))
+    >>> canvas.shape, canvas[0, 0, 0], canvas[20, 20, 0], canvas[35, 35, 0]
+    ((36, 36, 1), np.uint8(9), np.uint8(9), np.uint8(5))
+    """
+    canvas = np.zeros((2, CANVAS_SIZE, CANVAS_SIZE), np.uint8)
+    for layer, item, (row, col) in (
+        (0, left_item, LEFT_OFFSET),
+        (1, right_item, RIGHT_OFFSET),
+    ):
+        canvas[layer, row : row + 28, col : col + 28] = item
+    return canvas.max(axis=0)[..., np.newaxis]
+
+
+def pair_indices(num_items, size, seed):
+    """Draws ``size`` (left, right) pairs of distinct item indices.
+
+    Every item appears as the left item equally often (up to one), in a
+    random order; the right item is uniform among the other items.
+
+    Args:
+        num_items: number of source items.
+        size: number of pairs.
+        seed: seed of the draw.
+
+    Returns:
+        Two int arrays of length ``size``: left and right indices.
+    """
+    rng = np.random.default_rng(seed)
+    left = rng.permutation(np.resize(np.arange(num_items), size))
+    # Draw from the other num_items - 1 items, then skip over `left`.
+    right = rng.integers(0, num_items - 1, size)
+    right = right + (right >= left)
+    return left, right
+
+
+class MultiFashion(tfds.core.GeneratorBasedBuilder):
+    """MultiFashion: two overlapping Fashion-MNIST items per image.
+
+    Features: ``image`` (36, 36, 1) uint8, ``label_left`` (class of the
+    top-left item) and ``label_right`` (class of the bottom-right item), both
+    `tfds.features.ClassLabel` with the Fashion-MNIST class names. Splits:
+    ``train`` (pairs of Fashion-MNIST training items) and ``test`` (pairs of
+    test items).
+
+    Configs: ``"paper"`` (default; 120,000 train / 20,000 test, the sizes
+    Sener & Koltun and Lin et al. used) and ``"small"`` (12,000 / 2,000).
+    Other sizes: pass ``config=MultiFashionConfig(name=..., train_size=...,
+    test_size=...)`` to `tfds.builder` (or ``builder_kwargs`` of `tfds.load`).
+
+    The source files come from ``manual_dir`` when it holds them (TFDS's
+    ``download_config=tfds.download.DownloadConfig(manual_dir=...)``, by
+    default ``<data_dir>/downloads/manual``), else from the places
+    `mtk.data.load_fashion_mnist` searches.
+
+    Example:
+
+    >>> import tempfile
+    >>> import tensorflow_datasets as tfds
+    >>> from mtk.data import MultiFashionConfig  # Registers multi_fashion.
+    >>> builder = tfds.builder(
+    ...     "multi_fashion",
+    ...     config=MultiFashionConfig(name="doc", train_size=8, test_size=4),
+    ...     data_dir=tempfile.mkdtemp())
+    >>> builder.download_and_prepare()  # doctest: +ELLIPSIS
+    Downloading and preparing dataset ...
+    Dataset multi_fashion downloaded and prepared to ...
+    >>> example = next(iter(builder.as_dataset(split="test")))
+    >>> example["image"].shape, builder.info.features["label_left"].names[0]
+    (TensorShape([36, 36, 1]), 'T-shirt/top')
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [
+        MultiFashionConfig(name="paper", train_size=120_000, test_size=20_000),
+        MultiFashionConfig(name="small", train_size=12_000, test_size=2_000),
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Optional. Put the four Fashion-MNIST files "
+        f"({', '.join(f + '.gz' for f in fashion_mnist.FILES.values())}) in "
+        "manual_dir. Without them the builder uses the files in the Keras "
+        "cache or /usr/share/datasets/fashion-mnist "
+        "(`apt-get install dataset-fashion-mnist`)."
+    )
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=(
+                "Two Fashion-MNIST items on a 36x36 canvas: one at the "
+                "top-left, one at the bottom-right (MultiMNIST-style)."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(
+                        shape=(CANVAS_SIZE, CANVAS_SIZE, 1)
+                    ),
+                    "label_left": tfds.features.ClassLabel(
+                        names=fashion_mnist.CLASS_NAMES
+                    ),
+                    "label_right": tfds.features.ClassLabel(
+                        names=fashion_mnist.CLASS_NAMES
+                    ),
+                }
+            ),
+            homepage="https://github.com/Xi-L/ParetoMTL",
+            citation=_CITATION,
+        )
+
+    def _split_generators(self, dl_manager):
+        manual_dir = _manual_dir(dl_manager)
+        paths = fashion_mnist.find_files(manual_dir)
+        if paths is None:
+            raise FileNotFoundError(
+                "multi_fashion is built from the local Fashion-MNIST files. "
+                f"{fashion_mnist.not_found_message(manual_dir)}\nOr put them "
+                "in the builder's manual_dir (by default "
+                f"{self.data_dir_root}/downloads/manual)."
+            )
+        train, test = fashion_mnist.read_files(paths)
+        config = self.builder_config
+        # Distinct seeds per split, both derived from the config's seed.
+        return {
+            "train": self._generate_examples(
+                train, config.train_size, (config.seed, 0)
+            ),
+            "test": self._generate_examples(
+                test, config.test_size, (config.seed, 1)
+            ),
+        }
+
+    def _generate_examples(self, items, size, seed):
+        images, labels = items
+        left, right = pair_indices(len(images), size, seed)
+        for index, (i, j) in enumerate(zip(left, right, strict=True)):
+            yield (
+                index,
+                {
+                    "image": overlay(images[i], images[j]),
+                    "label_left": int(labels[i]),
+                    "label_right": int(labels[j]),
+                },
+            )
+
+
+def _manual_dir(dl_manager):
+    # `dl_manager.manual_dir` raises when the directory is absent or empty;
+    # here the manual files are optional.
+    try:
+        return dl_manager.manual_dir
+    except AssertionError:
+        return None

@@ -1,0 +1,270 @@
+"""TFDS datasets → the ``(inputs, {head: label})`` pipelines mtk trains on."""
+
+import difflib
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from mtk.data import labels as labels_lib
+from mtk.heads import Head
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Shuffle buffer for ``shuffle=True``: big enough to mix well after TFDS's
+# file shuffling, small enough for large images (shuffle=<int> to change).
+DEFAULT_SHUFFLE_BUFFER = 1024
+
+
+def from_tfds(
+    name,
+    split="train",
+    *,
+    tasks,
+    heads=None,
+    inputs="image",
+    data_dir=None,
+    image_size=None,
+    shuffle=False,
+    batch_size=32,
+    drop_remainder=False,
+    cache=False,
+    augment=None,
+    seed=None,
+    with_info=False,
+    download=True,
+    builder_kwargs=None,
+    download_and_prepare_kwargs=None,
+    read_config=None,
+):
+    """Turns a TFDS dataset into a multi-task training pipeline.
+
+    The pipeline yields ``(inputs, {head name: label})``, the form a model
+    from `mtk.build_multitask_model` trains on. Labels come in each head's
+    canonical form (see `mtk.data.labels`), so pipelines from several
+    datasets can be combined with `mtk.data.mix`. Every argument is checked
+    when the pipeline is built, before any training.
+
+    Args:
+        name: a TFDS dataset name, optionally with config and version
+            (``"celeb_a"``, ``"multi_fashion/small:1.0.0"``).
+        split: a TFDS split, slices included (``"train[:10%]"``).
+        tasks: dict ``{head: source}``. A key is an `mtk.heads.Head` or the
+            name of one of ``heads``; a source is a top-level feature key or
+            a function of the example dict (the decoded TFDS example)
+            returning the label. A flat dict of scalars (CelebA's
+            ``attributes``) becomes a vector in sorted key order.
+        heads: the model (from `mtk.build_multitask_model`) or list of heads
+            the pipeline is for. Needed when ``tasks`` keys are names; heads
+            without a task get the missing-label sentinel, so the pipeline
+            fits the whole model.
+        inputs: feature key or function of the example giving the model
+            input.
+        data_dir: TFDS data directory (TFDS's default when None).
+        image_size: ``(height, width)`` or one int: resize images to it
+            (bilinear), keeping their dtype.
+        shuffle: ``True`` to shuffle files and examples (buffer of
+            `DEFAULT_SHUFFLE_BUFFER`), or an int buffer size.
+        batch_size: examples per batch; None yields unbatched examples (as
+            `mtk.data.mix` needs).
+        drop_remainder: drop the last, smaller batch.
+        cache: ``True`` caches decoded, resized examples in memory; a path
+            caches them in that file. Augmentation runs after the cache.
+        augment: function of one example's input returning the augmented
+            input (e.g. ``keras.layers.RandomFlip("horizontal")``); applied
+            after caching and shuffling, before batching.
+        seed: seed of file and example shuffling.
+        with_info: also return the `tfds.core.DatasetInfo` (class names via
+            ``info.features[key].names``, split sizes via ``info.splits``).
+        download: prepare the dataset in ``data_dir`` when it is not there.
+        builder_kwargs: extra arguments of `tfds.builder` (e.g. ``config=``).
+        download_and_prepare_kwargs: extra arguments of
+            ``builder.download_and_prepare`` (e.g. ``download_config=``).
+        read_config: a `tfds.ReadConfig` (default: TFDS's, seeded by
+            ``seed``).
+
+    Returns:
+        A `tf.data.Dataset`, or ``(dataset, info)`` when ``with_info``.
+
+    Raises:
+        ValueError: for an unknown dataset, a task or input key that is not
+            a feature (listing the features), a task whose labels do not fit
+            its head (naming both), or an unknown head name.
+        FileNotFoundError: when the dataset is not prepared in ``data_dir``
+            and preparing it fails (e.g. no network); says where it looked
+            and how to prepare it.
+
+    Example:
+
+    >>> import tempfile
+    >>> from mtk.data import MultiFashionConfig
+    >>> from mtk.data import from_tfds
+    >>> from mtk.heads import Classification
+    >>> heads = [Classification("left", 10), Classification("right", 10)]
+    >>> ds = from_tfds(
+    ...     "multi_fashion", split="train[:8]", heads=heads,
+    ...     tasks={"left": "label_left", "right": "label_right"},
+    ...     data_dir=tempfile.mkdtemp(), batch_size=4,
+    ...     builder_kwargs={"config": MultiFashionConfig(
+    ...         name="doc", train_size=16, test_size=4)})  # doctest: +ELLIPSIS
+    Downloading and preparing dataset ...
+    Dataset multi_fashion downloaded and prepared to ...
+    >>> images, labels = next(iter(ds))
+    >>> images.shape, sorted(labels), labels["left"].dtype.name
+    (TensorShape([4, 36, 36, 1]), ['left', 'right'], 'int64')
+    """
+    head_tasks, all_heads = _resolve_tasks(tasks, heads)
+    image_size = _image_size(image_size)
+    builder = _builder(name, data_dir, builder_kwargs or {})
+    features = builder.info.features
+    for key, source in [("inputs", inputs)] + [
+        (f"tasks[{n!r}]", s) for n, (_, s) in head_tasks.items()
+    ]:
+        if not callable(source) and source not in features:
+            raise ValueError(
+                f"{key}: {source!r} is not a feature of {builder.name}; its "
+                f"features are: {', '.join(features.keys())}."
+            )
+    _prepare(builder, download, download_and_prepare_kwargs or {})
+
+    if read_config is None and seed is not None:
+        read_config = tfds.ReadConfig(shuffle_seed=seed)
+    dataset = builder.as_dataset(
+        split=split, shuffle_files=bool(shuffle), read_config=read_config
+    )
+    missing = {
+        n: labels_lib.missing_label(labels_lib.label_spec(h))
+        for n, h in all_heads.items()
+        if n not in head_tasks
+    }
+
+    def to_example(example):
+        x = _get(example, inputs)
+        if image_size is not None:
+            x = _resize(x, image_size, inputs)
+        y = {
+            n: labels_lib.to_label(_get(example, s), head, s)
+            for n, (head, s) in head_tasks.items()
+        }
+        y.update(missing)
+        return x, y
+
+    # Tracing the map here runs the shape/dtype checks of every task.
+    dataset = dataset.map(to_example, num_parallel_calls=AUTOTUNE)
+    if cache:
+        dataset = dataset.cache("" if cache is True else cache)
+    if shuffle:
+        buffer = DEFAULT_SHUFFLE_BUFFER if shuffle is True else int(shuffle)
+        dataset = dataset.shuffle(buffer, seed=seed)
+    if augment is not None:
+        dataset = dataset.map(
+            lambda x, y: (augment(x), y), num_parallel_calls=AUTOTUNE
+        )
+    if batch_size is not None:
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    dataset = dataset.prefetch(AUTOTUNE)
+    return (dataset, builder.info) if with_info else dataset
+
+
+def _resolve_tasks(tasks, heads):
+    """Returns ``({name: (head, source)}, {name: head of every head})``."""
+    if not isinstance(tasks, dict) or not tasks:
+        raise ValueError(
+            "tasks must be a non-empty dict {head: feature key or function}, "
+            f"got {tasks!r}."
+        )
+    known = {} if heads is None else labels_lib.heads_by_name(heads)
+    head_tasks = {}
+    for key, source in tasks.items():
+        head = key if not isinstance(key, str) else known.get(key)
+        if head is None:
+            raise ValueError(
+                f"tasks key {key!r} names no head: heads= gives "
+                f"{sorted(known) or 'none'}. Pass the Head objects as keys "
+                "or heads= (a list of heads or the model)."
+            )
+        if not isinstance(head, Head):
+            raise TypeError(
+                f"tasks keys must be heads or head names, got {key!r}."
+            )
+        if not (isinstance(source, str) or callable(source)):
+            raise TypeError(
+                f"tasks[{head.name!r}] must be a feature key or a function "
+                f"of the example, got {source!r}."
+            )
+        head_tasks[head.name] = (head, source)
+    all_heads = dict(known)
+    all_heads.update({n: h for n, (h, _) in head_tasks.items()})
+    return head_tasks, all_heads
+
+
+def _builder(name, data_dir, builder_kwargs):
+    try:
+        return tfds.builder(name, data_dir=data_dir, **builder_kwargs)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        base = name.split("/")[0].split(":")[0]
+        close = difflib.get_close_matches(base, tfds.list_builders(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"TensorFlow Datasets does not know a dataset named {name!r}."
+            f"{hint} `tfds.list_builders()` lists the known ones; mtk's own "
+            "(multi_fashion) register when `mtk.data` is imported."
+        ) from error
+
+
+def _prepare(builder, download, download_and_prepare_kwargs):
+    if builder.is_prepared():
+        return
+    how = (
+        "Prepare it where the network is reachable with `tfds build "
+        f"{builder.name} --data_dir DIR` (or `tfds.builder({builder.name!r}, "
+        "data_dir=DIR).download_and_prepare()`) and copy DIR here, then pass "
+        "data_dir=DIR; datasets built from manual files read them from "
+        f"{builder.data_dir_root}/downloads/manual."
+    )
+    where = (
+        f"Dataset {builder.name!r} is not prepared in {builder.data_dir_root} "
+        f"(looked for {builder.data_dir})"
+    )
+    if not download:
+        raise FileNotFoundError(f"{where} and download=False. {how}")
+    try:
+        builder.download_and_prepare(**download_and_prepare_kwargs)
+    except Exception as error:
+        # Offline downloads fail with many error types (DNS, HTTP, manual
+        # files missing); all mean the same to the user.
+        raise FileNotFoundError(
+            f"{where} and preparing it failed: {type(error).__name__}: "
+            f"{error}\n{how}"
+        ) from error
+
+
+def _get(example, source):
+    return source(example) if callable(source) else example[source]
+
+
+def _image_size(image_size):
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    image_size = tuple(int(s) for s in image_size)
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise ValueError(
+            f"image_size must be (height, width) or one int, got {image_size}."
+        )
+    return image_size
+
+
+def _resize(image, image_size, inputs):
+    if image.shape.rank != 3 or not (
+        image.dtype.is_integer or image.dtype.is_floating
+    ):
+        raise ValueError(
+            f"image_size={image_size} resizes images (height, width, "
+            f"channels), but inputs ({labels_lib.describe_source(inputs)}) "
+            f"gives {image.dtype.name} "
+            f"tensors of shape {tuple(image.shape)}."
+        )
+    resized = tf.image.resize(image, image_size)
+    if image.dtype.is_integer:
+        return tf.saturate_cast(tf.round(resized), image.dtype)
+    return tf.cast(resized, image.dtype)
