@@ -1,13 +1,17 @@
 """`build_multitask_model`: a pretrained trunk with named heads, compiled."""
 
+import contextlib
 import numbers
 
 import keras
 
+from mtk.distribute import check_strategy
 from mtk.heads import Head
 from mtk.heads import heads_of
 from mtk.trunks import TRUNK_NAME
 from mtk.trunks import build_trunk
+from mtk.weighting import MultiTaskModel
+from mtk.weighting import get_loss_weighting
 
 
 def build_multitask_model(
@@ -25,6 +29,8 @@ def build_multitask_model(
     loss_weights=None,
     metrics=None,
     name="multitask",
+    strategy=None,
+    loss_weighting="static",
     **compile_kwargs,
 ):
     """Builds a functional multi-task model: one shared trunk, named heads.
@@ -54,6 +60,16 @@ def build_multitask_model(
         metrics: dict ``{head name: [extra metrics]}`` added to each head's
             own metrics.
         name: the model's name.
+        strategy: a `tf.distribute.Strategy` (see
+            `mtk.distribute.get_strategy`); the model's variables and
+            optimizer are created in its scope and `model.fit` distributes
+            over it. None: the current strategy (none by default).
+        loss_weighting: how task losses are weighted while training:
+            ``"static"`` (the ``loss_weights`` dict), ``"uncertainty"``,
+            ``"dwa"``, ``"gradnorm"``, ``"pcgrad"``, or an
+            `mtk.weighting.LossWeighting` object for its parameters (see
+            `mtk.weighting`). Non-static methods return an
+            `mtk.weighting.MultiTaskModel`.
         **compile_kwargs: passed to `keras.Model.compile` (e.g.
             ``jit_compile``, ``steps_per_execution``).
 
@@ -67,23 +83,37 @@ def build_multitask_model(
     ...     heads=[mtk.heads.Classification("item", num_classes=10),
     ...            mtk.heads.Binary("is_footwear")],
     ...     loss_weights={"item": 1.0, "is_footwear": 0.5})
-    >>> sorted(model.output_shape)
+    >>> sorted(model.output_names)
     ['is_footwear', 'item']
     """
     heads = _check_heads(heads)
+    weighting = get_loss_weighting(loss_weighting)
+    if weighting is not None:
+        weighting.check_heads([head.name for head in heads])
     if compile:
         # Fail on bad compile arguments before the (slow) trunk is built.
         _check_loss_weights(loss_weights, heads)
         _check_metrics(metrics, heads)
-    inputs, features = build_trunk(
-        trunk,
-        input_shape=input_shape,
-        trunk_weights=trunk_weights,
-        trunk_output=trunk_output,
-        sequence_length=sequence_length,
-    )
-    outputs = {head.name: head(features) for head in heads}
-    model = keras.Model(inputs, outputs, name=name)
+    if strategy is not None:
+        check_strategy(strategy)
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        if strategy is not None and isinstance(trunk, keras.Model):
+            trunk = _copy_into_scope(trunk, strategy)
+        inputs, features = build_trunk(
+            trunk,
+            input_shape=input_shape,
+            trunk_weights=trunk_weights,
+            trunk_output=trunk_output,
+            sequence_length=sequence_length,
+        )
+        outputs = {head.name: head(features) for head in heads}
+        if weighting is None:
+            model = keras.Model(inputs, outputs, name=name)
+        else:
+            model = MultiTaskModel(
+                inputs, outputs, name=name, loss_weighting=weighting
+            )
     model.get_layer(TRUNK_NAME).trainable = not freeze_trunk
     if compile:
         compile_multitask(
@@ -95,6 +125,20 @@ def build_multitask_model(
             **compile_kwargs,
         )
     return model
+
+
+def _copy_into_scope(model, strategy):
+    """``model``, or a copy with its weights whose variables ``strategy`` owns.
+
+    Call inside ``strategy.scope()``. A model built outside the scope has
+    variables the strategy does not mirror, and `model.fit` rejects them.
+    """
+    owned = strategy.extended.variable_created_in_scope
+    if all(owned(weight.value) for weight in model.weights):
+        return model
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def compile_multitask(
@@ -120,7 +164,7 @@ def compile_multitask(
     >>> model = mtk.build_multitask_model(
     ...     "mobilenet_v3_small", input_shape=(32, 32, 3), trunk_weights=None,
     ...     heads=[mtk.heads.Binary("flag")], compile=False)
-    >>> compile_multitask(model, loss_weights={"flag": 2.0})
+    >>> mtk.compile_multitask(model, loss_weights={"flag": 2.0})
     >>> model.compiled
     True
     """
@@ -128,22 +172,25 @@ def compile_multitask(
     head_list = list(heads.values())
     _check_loss_weights(loss_weights, head_list)
     _check_metrics(metrics, head_list)
-    if isinstance(optimizer, str):
-        optimizer = keras.optimizers.get(
-            {"class_name": optimizer, "config": {"learning_rate": learning_rate}}
-        )
     weights = {name: 1.0 for name in heads}
     weights.update(loss_weights or {})
-    model.compile(
-        optimizer=optimizer,
-        loss={name: head.get_loss() for name, head in heads.items()},
-        loss_weights=weights,
-        metrics={
-            name: head.get_metrics(extra=(metrics or {}).get(name, ()))
-            for name, head in heads.items()
-        },
-        **compile_kwargs,
-    )
+    # The optimizer's and metrics' variables belong to the strategy the model
+    # was built under (the default strategy when there is none).
+    with model.distribute_strategy.scope():
+        if isinstance(optimizer, str):
+            optimizer = keras.optimizers.get(
+                {"class_name": optimizer, "config": {"learning_rate": learning_rate}}
+            )
+        model.compile(
+            optimizer=optimizer,
+            loss={name: head.get_loss() for name, head in heads.items()},
+            loss_weights=weights,
+            metrics={
+                name: head.get_metrics(extra=(metrics or {}).get(name, ()))
+                for name, head in heads.items()
+            },
+            **compile_kwargs,
+        )
 
 
 def _check_heads(heads):

@@ -6,7 +6,16 @@ a lower learning rate, and trains on. BatchNormalization layers stay in
 inference mode throughout phase 2 (in Keras 3 a BatchNormalization layer with
 ``trainable=False`` normalises with its moving statistics and does not update
 them), so a small target data set does not wreck the pretrained statistics.
+
+With a `keras.callbacks.BackupAndRestore` among the callbacks, `fit_transfer`
+resumes a killed run in the phase it was in: phase 1's last backup is kept
+until phase 2 makes its own, and a backup made in phase 2 skips phase 1 and
+restores into the unfrozen, recompiled model.
 """
+
+import contextlib
+import json
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -33,7 +42,7 @@ def freeze_trunk(model):
 
     Example:
 
-    >>> freeze_trunk(model)
+    >>> mtk.freeze_trunk(model)
     >>> model.get_layer("trunk").trainable
     False
     """
@@ -77,6 +86,20 @@ def _unfreeze_start(layers, unfreeze):
     )
 
 
+def check_unfreeze(model, unfreeze):
+    """Raises a ValueError if ``unfreeze`` names no part of the trunk.
+
+    Example:
+
+    >>> mtk.training.check_unfreeze(model, "top:5")
+    >>> mtk.training.check_unfreeze(model, "from:no_such_layer")
+    Traceback (most recent call last):
+    ...
+    ValueError: unfreeze='from:no_such_layer' names no layer of the trunk; ...
+    """
+    _unfreeze_start(_trunk_layers(get_trunk(model)), unfreeze)
+
+
 def unfreeze_trunk(model, unfreeze="all"):
     """Makes the trunk, or its top part, trainable (phase 2).
 
@@ -94,7 +117,7 @@ def unfreeze_trunk(model, unfreeze="all"):
 
     Example:
 
-    >>> unfreeze_trunk(model, "top:20")
+    >>> mtk.unfreeze_trunk(model, "top:20")
     20
     """
     trunk = get_trunk(model)
@@ -123,8 +146,8 @@ def recompile(model, learning_rate=None):
 
     Example:
 
-    >>> unfreeze_trunk(model)
-    >>> recompile(model, learning_rate=1e-5)
+    >>> _ = mtk.unfreeze_trunk(model)
+    >>> mtk.recompile(model, learning_rate=1e-5)
     """
     if not model.compiled:
         raise ValueError(
@@ -132,13 +155,21 @@ def recompile(model, learning_rate=None):
             "mtk.compile_multitask(model))."
         )
     config = model.get_compile_config()
-    optimizer_config = model.optimizer.get_config()
+    optimizer = model.optimizer
+    # Under mixed_float16, compile wrapped the optimizer in a
+    # LossScaleOptimizer; rebuild the inner one and compile wraps it again.
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    optimizer_config = optimizer.get_config()
     if learning_rate is not None:
         optimizer_config["learning_rate"] = learning_rate
-    config["optimizer"] = keras.optimizers.serialize(
-        model.optimizer.__class__.from_config(optimizer_config)
-    )
-    model.compile_from_config(config)
+    # Under a tf.distribute strategy the new optimizer's variables must be
+    # created in the scope the model was built in.
+    with model.distribute_strategy.scope():
+        config["optimizer"] = keras.optimizers.serialize(
+            optimizer.__class__.from_config(optimizer_config)
+        )
+        model.compile_from_config(config)
 
 
 def check_training_data(model, x, y=None):
@@ -234,7 +265,7 @@ def fit_transfer(
     Example:
 
     >>> history = mtk.fit_transfer(model, train_ds, validation_data=val_ds,
-    ...                            frozen_epochs=1, finetune_epochs=1)
+    ...                            frozen_epochs=1, finetune_epochs=1, verbose=0)
     >>> history.phase_boundary
     1
     """
@@ -252,33 +283,78 @@ def fit_transfer(
             raise ValueError(f"{key} must be an integer >= 0, got {value!r}.")
     check_training_data(model, x, fit_kwargs.get("y"))
     # Resolve the unfreeze spec now, so a typo fails before phase 1 runs.
-    _unfreeze_start(_trunk_layers(get_trunk(model)), unfreeze)
+    check_unfreeze(model, unfreeze)
 
+    backup = _backup_callback(fit_kwargs.get("callbacks"))
     histories = []
-    if frozen_epochs:
+    # A run resumed from a backup made in phase 2 skips phase 1.
+    if frozen_epochs and _backed_up_epoch(backup) < frozen_epochs:
         freeze_trunk(model)
         recompile(model)
-        histories.append(
-            model.fit(
-                x,
-                validation_data=validation_data,
-                epochs=frozen_epochs,
-                **fit_kwargs,
+        with _keep_backup(backup if finetune_epochs else None):
+            histories.append(
+                model.fit(
+                    x,
+                    validation_data=validation_data,
+                    epochs=frozen_epochs,
+                    **fit_kwargs,
+                )
             )
-        )
     if finetune_epochs:
         unfreeze_trunk(model, unfreeze)
         recompile(model, learning_rate=finetune_learning_rate)
-        histories.append(
-            model.fit(
-                x,
-                validation_data=validation_data,
-                initial_epoch=frozen_epochs,
-                epochs=frozen_epochs + finetune_epochs,
-                **fit_kwargs,
+        with warnings.catch_warnings():
+            if frozen_epochs and _backed_up_epoch(backup) == frozen_epochs:
+                # Restoring phase 1's last backup into phase 2: its optimizer
+                # state belongs to phase 1's optimizer, which phase 2 replaces.
+                warnings.filterwarnings(
+                    "ignore", "Skipping variable loading for optimizer"
+                )
+            histories.append(
+                model.fit(
+                    x,
+                    validation_data=validation_data,
+                    initial_epoch=frozen_epochs,
+                    epochs=frozen_epochs + finetune_epochs,
+                    **fit_kwargs,
+                )
             )
-        )
     return _merge_histories(model, histories, phase_boundary=frozen_epochs)
+
+
+def _backup_callback(callbacks):
+    """The `keras.callbacks.BackupAndRestore` among ``callbacks``, if any."""
+    for callback in callbacks or ():
+        if isinstance(callback, keras.callbacks.BackupAndRestore):
+            return callback
+    return None
+
+
+def _backed_up_epoch(backup):
+    """The epoch a `BackupAndRestore` backup resumes at; 0 without one."""
+    if backup is None or not tf.io.gfile.exists(backup._training_metadata_path):
+        return 0
+    with tf.io.gfile.GFile(backup._training_metadata_path) as f:
+        return json.load(f)["epoch"]
+
+
+@contextlib.contextmanager
+def _keep_backup(backup):
+    """Keeps phase 1's last backup when its `model.fit` ends.
+
+    `BackupAndRestore` deletes its backup when `model.fit` completes. Kept,
+    phase 1's final state is what a run killed early in phase 2 resumes from
+    (phase 2 overwrites it at its first save and deletes it at its end).
+    """
+    if backup is None:
+        yield
+        return
+    delete_checkpoint = backup.delete_checkpoint
+    backup.delete_checkpoint = False
+    try:
+        yield
+    finally:
+        backup.delete_checkpoint = delete_checkpoint
 
 
 def _merge_histories(model, histories, phase_boundary):
