@@ -28,5 +28,5 @@ fashion-mnist: $(STAMP)
 demo: $(STAMP) fashion-mnist
 	$(PYTHON) recipes/quickstart.py
 
-test: $(STAMP)
+test: $(STAMP) fashion-mnist
 	$(PYTHON) -m pytest -q --durations=15

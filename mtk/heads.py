@@ -215,8 +215,8 @@ class Classification(Head):
 
     Example:
 
-    >>> head = Classification("item", num_classes=3, class_names=["a", "b", "c"])
-    >>> head(keras.ops.zeros((2, 8))).shape
+    >>> head = mtk.heads.Classification("item", num_classes=3, class_names=["a", "b", "c"])
+    >>> tuple(head(keras.ops.zeros((2, 8))).shape)
     (2, 3)
     """
 
@@ -266,8 +266,8 @@ class Binary(Head):
 
     Example:
 
-    >>> head = Binary("is_footwear")
-    >>> head(keras.ops.zeros((2, 8))).shape
+    >>> head = mtk.heads.Binary("is_footwear")
+    >>> tuple(head(keras.ops.zeros((2, 8))).shape)
     (2, 1)
     """
 
@@ -306,8 +306,8 @@ class MultiLabel(Head):
 
     Example:
 
-    >>> head = MultiLabel("attributes", num_labels=4)
-    >>> head(keras.ops.zeros((2, 8))).shape
+    >>> head = mtk.heads.MultiLabel("attributes", num_labels=4)
+    >>> tuple(head(keras.ops.zeros((2, 8))).shape)
     (2, 4)
     """
 
@@ -366,8 +366,8 @@ class Regression(Head):
 
     Example:
 
-    >>> head = Regression("price")
-    >>> head(keras.ops.zeros((2, 8))).shape
+    >>> head = mtk.heads.Regression("price")
+    >>> tuple(head(keras.ops.zeros((2, 8))).shape)
     (2, 1)
     """
 
@@ -421,8 +421,8 @@ def heads_of(model):
 
     >>> model = mtk.build_multitask_model(
     ...     keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)]),
-    ...     heads=[Binary("flag")], trunk_weights=None)
-    >>> list(heads_of(model))
+    ...     heads=[mtk.heads.Binary("flag")], trunk_weights=None)
+    >>> list(mtk.heads.heads_of(model))
     ['flag']
     """
     heads = {}

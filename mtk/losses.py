@@ -57,8 +57,9 @@ def split_missing(y_true, y_pred, label_kind):
         label_kind: ``"class_id"`` or ``"float"``.
     """
     _check_label_kind(label_kind)
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.convert_to_tensor(y_true)
     if label_kind == "class_id":
-        y_true = ops.convert_to_tensor(y_true)
         # Accept (batch,) and (batch, 1) class ids.
         if len(y_true.shape) == len(y_pred.shape):
             y_true = ops.squeeze(y_true, axis=-1)
@@ -87,7 +88,7 @@ class MaskedLoss(keras.losses.Loss):
 
     Example:
 
-    >>> loss = MaskedLoss("mean_squared_error", label_kind="float")
+    >>> loss = mtk.losses.MaskedLoss("mean_squared_error", label_kind="float")
     >>> float(loss([[1.0], [float("nan")]], [[3.0], [100.0]]))
     4.0
     """
@@ -104,6 +105,7 @@ class MaskedLoss(keras.losses.Loss):
         self.label_kind = label_kind
 
     def call(self, y_true, y_pred):
+        y_pred = ops.convert_to_tensor(y_pred)
         clean, present = split_missing(y_true, y_pred, self.label_kind)
         values = _ELEMENTWISE_LOSSES[self.loss](clean, y_pred) * present
         # The default reduction divides the sum by the number of entries;
@@ -132,7 +134,7 @@ class MaskedMetric(keras.metrics.Metric):
 
     Example:
 
-    >>> m = MaskedMetric(keras.metrics.BinaryAccuracy(), label_kind="float")
+    >>> m = mtk.losses.MaskedMetric(keras.metrics.BinaryAccuracy(), label_kind="float")
     >>> m.update_state([[1.0], [float("nan")]], [[0.9], [0.9]])
     >>> float(m.result())
     1.0
@@ -147,6 +149,7 @@ class MaskedMetric(keras.metrics.Metric):
         self.label_kind = label_kind
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        y_pred = ops.convert_to_tensor(y_pred)
         clean, present = split_missing(y_true, y_pred, self.label_kind)
         if self.label_kind == "float":
             clean = ops.reshape(clean, (-1, 1))

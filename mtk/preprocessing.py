@@ -19,7 +19,7 @@ class ApplicationPreprocessing(keras.layers.Layer):
 
     Example:
 
-    >>> layer = ApplicationPreprocessing("mobilenet_v2")
+    >>> layer = mtk.preprocessing.ApplicationPreprocessing("mobilenet_v2")
     >>> float(layer(keras.ops.full((1, 2, 2, 3), 255.0))[0, 0, 0, 0])
     1.0
     """
@@ -59,10 +59,10 @@ class TextPreprocessing(keras.layers.Layer):
 
     Example:
 
-    >>> import keras_hub
+    >>> import keras_hub  # model_dir: a local BERT preset or checkpoint dir
     >>> preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
     ...     model_dir, sequence_length=8)
-    >>> layer = TextPreprocessing(preprocessor)
+    >>> layer = mtk.preprocessing.TextPreprocessing(preprocessor)
     >>> layer(tf.constant(["hello world"]))["token_ids"].shape
     TensorShape([1, 8])
     """

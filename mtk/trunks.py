@@ -73,7 +73,7 @@ def build_trunk(
 
     Example:
 
-    >>> inputs, features = build_trunk(
+    >>> inputs, features = mtk.trunks.build_trunk(
     ...     "mobilenet_v3_small", input_shape=(32, 32, 3), trunk_weights=None)
     >>> features.shape
     (None, 576)

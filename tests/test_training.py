@@ -1,10 +1,8 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import mtk
-from conftest import IMAGE_SHAPE
 from conftest import as_dataset
 from conftest import assert_save_load_roundtrip
 from conftest import image_batch
