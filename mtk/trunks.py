@@ -49,6 +49,27 @@ APPLICATIONS = {
 }
 
 
+@keras.saving.register_keras_serializable(package="mtk")
+class Trunk(keras.Model):
+    """The shared trunk: a functional model whose trainable flags survive saving.
+
+    Layers that create their sub-layers in ``build()`` (keras-hub's
+    transformer blocks) come back from ``keras.saving.load_model`` with those
+    sub-layers trainable even when the layer itself was frozen, so a loaded,
+    frozen text model would train its trunk. Reviving re-applies each layer's
+    own flag, which Keras propagates to its sub-layers and variables.
+    """
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        trunk = super().from_config(config, custom_objects)
+        # Assigning an unchanged value is skipped by Layer.__setattr__, so
+        # call the property's setter itself: it propagates the flag.
+        for layer in trunk.layers:
+            keras.layers.Layer.trainable.fset(layer, layer.trainable)
+        return trunk
+
+
 def build_trunk(
     trunk,
     input_shape=None,
@@ -183,7 +204,7 @@ def _application_trunk(name, input_shape, trunk_weights):
         raise
     # Some applications use their name argument as the variant key, so the
     # trunk is named by wrapping, not by name=.
-    trunk = keras.Model(network.inputs, network.outputs[0], name=TRUNK_NAME)
+    trunk = Trunk(network.inputs, network.outputs[0], name=TRUNK_NAME)
     if _weights_file(trunk_weights):
         trunk.load_weights(_weights_file(trunk_weights))
     inputs = keras.Input(shape=input_shape, name="image")
@@ -216,7 +237,7 @@ def _model_trunk(model, input_shape, trunk_weights, trunk_output):
                 f"Model trunk {model.name!r} has {len(model.outputs)} outputs; "
                 "pick one with trunk_output=<layer name>."
             )
-    trunk = keras.Model(model.inputs, output, name=TRUNK_NAME)
+    trunk = Trunk(model.inputs, output, name=TRUNK_NAME)
     if _weights_file(trunk_weights):
         trunk.load_weights(_weights_file(trunk_weights))
     model_shape = tuple(model.inputs[0].shape[1:])
@@ -267,7 +288,7 @@ def _keras_hub_text_trunk(preset, trunk_weights, sequence_length):
     # Keep only the token-level output: layers mtk does not use (BERT's
     # pooler) would otherwise be trained without gradients, and a plain
     # functional trunk saves each layer's trainable flag.
-    trunk = keras.Model(
+    trunk = Trunk(
         backbone.input, backbone.output["sequence_output"], name=TRUNK_NAME
     )
     inputs = keras.Input(shape=(), dtype="string", name="text")

@@ -126,8 +126,13 @@ def test_minilm_text_trunk_from_packaged_checkpoint(tmp_path):
     assert _cosine(a, b) > _cosine(a, c) + 0.3
     out = model.predict(tf.constant(["win money now", "see you at lunch"]), verbose=0)
     assert out["spam"].shape == (2, 1) and out["topic"].shape == (2, 3)
-    assert_save_load_roundtrip(
-        model, tf.constant(["hello there", "cheap pills"]), str(tmp_path / "text.keras"))
+    text = tf.constant(["hello there", "cheap pills"])
+    for unfreeze in (None, "top:2"):  # frozen, then partly unfrozen
+        if unfreeze:
+            mtk.unfreeze_trunk(model, unfreeze)
+        loaded = assert_save_load_roundtrip(model, text, str(tmp_path / "text.keras"))
+        # Trainable flags survive loading, down to the transformer blocks' sub-layers.
+        assert len(loaded.trainable_weights) == len(model.trainable_weights)
 
 
 @pytest.mark.slow
