@@ -6,6 +6,7 @@ schedule. See README.md for the quick start.
 
 from mtk import data
 from mtk import distribute
+from mtk import evaluation
 from mtk import export
 from mtk import heads
 from mtk import losses

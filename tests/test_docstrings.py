@@ -22,6 +22,7 @@ MODULES = [
     "mtk.data.multi_fashion",
     "mtk.data.tfds_pipeline",
     "mtk.distribute",
+    "mtk.evaluation",
     "mtk.export",
     "mtk.losses",
     "mtk.heads",
