@@ -13,8 +13,10 @@ What it shows, in a few minutes on 2 CPU cores:
 4. Baselines: one single-task model per head, same architecture, trained from
    scratch for the same number of epochs.
 
-It prints a per-head table on the test images of the target classes, writes
-``results.json`` and saves the multi-task model to ``--output-dir``.
+It prints a per-head table on the test images of the target classes with
+Δm (the mean relative gain over the baselines), and writes ``results.json``,
+``metrics.json``, the plots (per-head curves with the phase boundary,
+confusion matrices) and the multi-task model to ``--output-dir``.
 
 Run ``make demo`` (or ``python recipes/quickstart.py --help``).
 """
@@ -27,13 +29,19 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import sys
+
 import keras
 import numpy as np
-import tensorflow as tf
 
-import mtk
-from mtk.data import FASHION_MNIST_CLASS_NAMES
-from mtk.data import load_fashion_mnist
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from common import dataset  # noqa: E402
+
+import mtk  # noqa: E402
+import mtk.evaluation  # noqa: E402
+from mtk.data import FASHION_MNIST_CLASS_NAMES  # noqa: E402
+from mtk.data import load_fashion_mnist  # noqa: E402
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
@@ -112,38 +120,6 @@ def make_heads(names=("item", "is_footwear")):
     return [heads[name]() for name in names]
 
 
-def dataset(x, labels, batch_size, shuffle_seed=None):
-    ds = tf.data.Dataset.from_tensor_slices((x, labels))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(x), seed=shuffle_seed)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def evaluate(model, ds):
-    logs = model.evaluate(ds, verbose=0, return_dict=True)
-    return {
-        "item": {"accuracy": logs["item_accuracy"]},
-        "is_footwear": {
-            "accuracy": logs["is_footwear_accuracy"],
-            "auc": logs["is_footwear_auc"],
-        },
-    }
-
-
-def format_table(multitask, baselines):
-    rows = [("head", "metric", "mtk transfer", "scratch 1-task", "difference")]
-    for head, metrics in multitask.items():
-        for metric, value in metrics.items():
-            base = baselines[head][metric]
-            rows.append(
-                (head, metric, f"{value:.4f}", f"{base:.4f}", f"{value - base:+.4f}")
-            )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def main(argv=None):
     args = parse_args(argv)
     out = pathlib.Path(args.output_dir)
@@ -209,7 +185,8 @@ def main(argv=None):
         verbose=args.verbose,
     )
     multitask_seconds = time.time() - t0
-    multitask = evaluate(model, test_ds)
+    report = mtk.evaluation.write_report(model, test_ds, out, history=history)
+    multitask = report["metrics"]
 
     epochs = args.frozen_epochs + args.finetune_epochs
     print(
@@ -234,20 +211,28 @@ def main(argv=None):
             verbose=0,
         )
         baseline_seconds += time.time() - t0
-        logs = baseline.evaluate(
-            dataset(test_x, {name: test_y[name]}, 256), verbose=0, return_dict=True
-        )
-        # Keras leaves the head name out of the log keys of one-output models.
-        baselines[name] = {key: logs[key] for key in multitask[name]}
+        baselines.update(mtk.evaluation.evaluate_heads(
+            baseline, dataset(test_x, {name: test_y[name]}, 256)
+        ))
 
     print("[5/5] Results on the test images of the target classes\n", flush=True)
-    table = format_table(multitask, baselines)
+    table = mtk.evaluation.format_table(
+        {"mtk transfer": multitask, "scratch 1-task": baselines}
+    )
+    gain = mtk.evaluation.delta_m(
+        mtk.evaluation.primary_metrics(model, multitask),
+        mtk.evaluation.primary_metrics(model, baselines),
+        mtk.evaluation.higher_is_better(model),
+    )
+    table += f"\n\nDelta-m of mtk transfer vs the scratch baselines: {gain:+.2f}%"
     print(table)
     model_path = out / "multitask.keras"
     model.save(model_path)
     results = {
         "multitask_transfer": multitask,
         "single_task_scratch": baselines,
+        "delta_m_percent": gain,
+        "plots": [str(f) for f in report["files"] if str(f).endswith(".png")],
         "train_seconds": {
             "multitask_transfer": multitask_seconds,
             "single_task_scratch_total": baseline_seconds,
