@@ -12,6 +12,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 # Shuffle buffer for ``shuffle=True``: big enough to mix well after TFDS's
 # file shuffling, small enough for large images (shuffle=<int> to change).
 DEFAULT_SHUFFLE_BUFFER = 1024
+# cache="auto" keeps decoded splits up to this size in memory.
+AUTO_CACHE_BYTES = 1 << 30
 
 
 def from_tfds(
@@ -26,7 +28,7 @@ def from_tfds(
     shuffle=False,
     batch_size=32,
     drop_remainder=False,
-    cache=False,
+    cache="auto",
     augment=None,
     seed=None,
     with_info=False,
@@ -66,8 +68,12 @@ def from_tfds(
         batch_size: examples per batch; None yields unbatched examples (as
             `mtk.data.mix` needs).
         drop_remainder: drop the last, smaller batch.
-        cache: ``True`` caches decoded, resized examples in memory; a path
-            caches them in that file. Augmentation runs after the cache.
+        cache: ``"auto"`` (default) caches decoded, resized examples in
+            memory when the split's decoded size is known and below
+            `AUTO_CACHE_BYTES`, so epochs after the first do not decode
+            again (on a small machine decoding competes with training);
+            ``True`` caches in memory, a path caches in that file, ``False``
+            never caches. Augmentation runs after the cache.
         augment: function of one example's input returning the augmented
             input (e.g. ``keras.layers.RandomFlip("horizontal")``); applied
             after caching and shuffling, before batching.
@@ -149,6 +155,8 @@ def from_tfds(
 
     # Tracing the map here runs the shape/dtype checks of every task.
     dataset = dataset.map(to_example, num_parallel_calls=AUTOTUNE)
+    if cache == "auto":
+        cache = _decoded_bytes(dataset, builder, split) < AUTO_CACHE_BYTES
     if cache:
         dataset = dataset.cache("" if cache is True else cache)
     if shuffle:
@@ -162,6 +170,19 @@ def from_tfds(
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.prefetch(AUTOTUNE)
     return (dataset, builder.info) if with_info else dataset
+
+
+def _decoded_bytes(dataset, builder, split):
+    """Memory the decoded examples of ``split`` take; inf when unknown."""
+    per_example = 0
+    for spec in tf.nest.flatten(dataset.element_spec):
+        if not spec.shape.is_fully_defined() or spec.dtype == tf.string:
+            return float("inf")
+        per_example += spec.shape.num_elements() * spec.dtype.size
+    try:
+        return per_example * builder.info.splits[split].num_examples
+    except (KeyError, ValueError):  # No split sizes recorded (e.g. mocks).
+        return float("inf")
 
 
 def _resolve_tasks(tasks, heads):

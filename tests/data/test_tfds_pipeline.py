@@ -143,14 +143,13 @@ def test_split_slices_batching_and_info(tiny_multi_fashion):
     assert set(y["left"]) <= set(arrays["train_labels"])
 
 
+def items(ds):
+    """An unbatched pipeline's examples as comparable tuples."""
+    return [(x.tobytes(), y["left"], y["right"]) for x, y in tfds.as_numpy(ds)]
+
+
 def test_shuffle_cache_and_augment(tiny_multi_fashion, tmp_path):
     builder, _ = tiny_multi_fashion
-
-    def items(ds):
-        return [
-            (x.tobytes(), y["left"], y["right"]) for x, y in tfds.as_numpy(ds)
-        ]
-
     plain = items(multi_fashion(builder, batch_size=None))
     shuffled = items(
         multi_fashion(builder, batch_size=None, shuffle=True, seed=1)
@@ -294,3 +293,23 @@ def test_multi_fashion_without_source_files(tmp_path):
             data_dir=tmp_path,
             tasks={Classification("left", 10): "label_left"},
         )
+
+
+def test_auto_cache_keeps_small_decoded_splits_in_memory(tiny_multi_fashion, monkeypatch):
+    from mtk.data import tfds_pipeline
+
+    builder, _ = tiny_multi_fashion
+    calls = []
+    original = tf.data.Dataset.cache
+    monkeypatch.setattr(tf.data.Dataset, "cache",
+                        lambda self, filename="": calls.append(filename) or original(self, filename))
+    # TFDS may cache small datasets itself: count the calls from_tfds adds.
+    plain = items(multi_fashion(builder, batch_size=None, cache=False))
+    tfds_calls = len(calls)
+    auto = multi_fashion(builder, batch_size=None)  # cache="auto", a tiny split
+    assert len(calls) == 2 * tfds_calls + 1 and calls[-1] == ""
+    assert items(auto) == plain == items(auto)
+    monkeypatch.setattr(tfds_pipeline, "AUTO_CACHE_BYTES", 1)
+    before = len(calls)
+    multi_fashion(builder, batch_size=None)
+    assert len(calls) == before + tfds_calls  # too large for the limit
