@@ -154,3 +154,53 @@ def test_bad_weighting_arguments(kwargs, message):
     kwargs.setdefault("heads", [mtk.heads.Binary("a"), mtk.heads.Regression("b")])
     with pytest.raises(ValueError, match=message):
         mtk.build_multitask_model(small_cnn(), **kwargs)
+
+
+_MIRRORED_SCRIPT = """
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np, mtk
+strategy = mtk.distribute.get_strategy("mirrored", devices=["/cpu:0", "/cpu:1"], verbose=False)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(64, 4)).astype("float32")
+y = {"t0": x.sum(1), "t1": 10 * x[:, 0]}
+results = {}
+for method in ("uncertainty", "dwa", "gradnorm", "pcgrad"):
+    keras.utils.set_random_seed(0)
+    trunk = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu")])
+    model = mtk.build_multitask_model(
+        trunk, heads=[mtk.heads.Regression("t0"), mtk.heads.Regression("t1")],
+        freeze_trunk=False, loss_weighting=method, strategy=strategy)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    history = model.fit(ds, epochs=3, verbose=0).history
+    results[method] = {k: [float(v) for v in vs] for k, vs in history.items()}
+json.dump(results, open(sys.argv[1], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_dynamic_weighting_trains_under_mirrored_strategy(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "history.json"
+    script = tmp_path / "mirrored_weighting.py"
+    script.write_text(_MIRRORED_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    histories = json.loads(out.read_text())
+    for method, history in histories.items():
+        assert np.all(np.isfinite(history["loss"])), method
+        assert history["loss"][-1] < history["loss"][0], method
+        assert len(history["t0_loss_weight"]) == 3, method
+    # DWA's weights come from the epoch losses, as on one device.
+    dwa = histories["dwa"]
+    np.testing.assert_allclose(
+        [dwa["t0_loss_weight"][2], dwa["t1_loss_weight"][2]],
+        dwa_weights([dwa["t0_loss"][1], dwa["t1_loss"][1]],
+                    [dwa["t0_loss"][0], dwa["t1_loss"][0]]), rtol=1e-5)
