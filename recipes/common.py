@@ -5,9 +5,10 @@
   as ``.keras``, cut at its ``features`` layer by `mtk.build_multitask_model`.
 - `load_multi_fashion`: MultiFashion (the `mtk.data` TFDS builder, built from
   the local Fashion-MNIST files) as numpy arrays.
-- `Progress`, `EpochTimer`, `save_outputs`: progress lines, per-epoch
-  training time, and the output directory every recipe writes (metrics JSON,
-  plots, the ``.keras`` model and a TF Serving SavedModel).
+- `Progress`, `EpochTimer`, `train_and_report`, `save_outputs`: progress
+  lines, per-epoch training time, the recipes' fit_transfer schedule with its
+  evaluation report, and the output directory every recipe writes (metrics
+  JSON, plots, the ``.keras`` model and a TF Serving SavedModel).
 """
 
 import json
@@ -20,6 +21,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import mtk
+import mtk.evaluation
 import mtk.export
 from mtk.data import FASHION_MNIST_CLASS_NAMES
 from mtk.data import MultiFashionConfig
@@ -209,7 +211,38 @@ def dataset(x, labels, batch_size, shuffle_seed=None):
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def save_outputs(model, output_dir, report, results, warmup_inputs=None):
+def train_and_report(model, train, test, args, output_dir, progress,
+                     validation=None, test_name="the test split"):
+    """The recipes' schedule: `mtk.fit_transfer`, then the evaluation report.
+
+    Trains with ``args``' frozen / fine-tuning epochs, learning rate, unfreeze
+    spec (``"all"`` when the recipe has none) and verbosity, writes the plots
+    and ``metrics.json`` with `mtk.evaluation.write_report` and prints the
+    per-head table.
+
+    Returns:
+        ``(report, train_seconds)``.
+    """
+    unfreeze = getattr(args, "unfreeze", "all")
+    progress(f"Training heads {sorted(mtk.heads.heads_of(model))}: "
+             f"{args.frozen_epochs} epochs with the trunk frozen, then "
+             f"{args.finetune_epochs} fine-tuning ({unfreeze})")
+    start = time.time()
+    history = mtk.fit_transfer(
+        model, train, validation_data=test if validation is None else validation,
+        frozen_epochs=args.frozen_epochs, finetune_epochs=args.finetune_epochs,
+        unfreeze=unfreeze, finetune_learning_rate=args.finetune_learning_rate,
+        verbose=args.verbose)
+    train_seconds = time.time() - start
+    progress(f"Evaluating on {test_name}; writing plots, the model and a "
+             f"SavedModel to {output_dir}")
+    report = mtk.evaluation.write_report(model, test, output_dir, history=history)
+    print("\n" + mtk.evaluation.format_table({"test": report["metrics"]}) + "\n")
+    return report, train_seconds
+
+
+def save_outputs(model, output_dir, report, results, warmup_inputs=None,
+                 progress=None):
     """Writes what every recipe leaves behind in ``output_dir``.
 
     ``results.json`` (``results`` plus the evaluation report), the plots
@@ -233,4 +266,7 @@ def save_outputs(model, output_dir, report, results, warmup_inputs=None):
         "saved_model": str(saved_model),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    if progress is not None:
+        print(f"Wrote {out / 'results.json'}, the plots and {saved_model} "
+              f"({time.time() - progress.started:.0f} s in all).", flush=True)
     return results

@@ -27,7 +27,6 @@ import contextlib
 import os
 import pathlib
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -155,32 +154,17 @@ def main(argv=None):
             trunk_weights=None if args.smoke else "imagenet",
             learning_rate=args.learning_rate)
 
-        progress(f"Training: {args.frozen_epochs} epochs frozen, then "
-                 f"{args.finetune_epochs} fine-tuning ({args.unfreeze})")
-        start = time.time()
-        history = mtk.fit_transfer(
-            model, train, validation_data=validation,
-            frozen_epochs=args.frozen_epochs, finetune_epochs=args.finetune_epochs,
-            unfreeze=args.unfreeze, finetune_learning_rate=args.finetune_learning_rate,
-            verbose=args.verbose)
-        train_seconds = time.time() - start
-
-        progress(f"Evaluating on the test split; writing plots, the model and a "
-                 f"SavedModel to {out}")
-        report = mtk.evaluation.write_report(model, test, out, history=history)
+        report, train_seconds = common.train_and_report(
+            model, train, test, args, out, progress, validation=validation)
         warmup = next(iter(test))[0][:4].numpy()
-    print("\n" + mtk.evaluation.format_table({"test": report["metrics"]}) + "\n")
     results = common.save_outputs(
         model, out, report,
         {"smoke": args.smoke, "train_seconds": train_seconds,
          "attribute_names": attribute_names, "landmarks": list(LANDMARKS),
          "settings": vars(args)},
-        warmup_inputs=warmup)
+        warmup_inputs=warmup, progress=progress)
     if args.smoke:
         print(SMOKE_BANNER)
-    print(f"Wrote {out / 'results.json'}, the plots and "
-          f"{results['outputs']['saved_model']} "
-          f"({time.time() - progress.started:.0f} s in all).", flush=True)
     return results
 
 

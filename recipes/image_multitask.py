@@ -28,7 +28,6 @@ import argparse
 import os
 import pathlib
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -181,29 +180,14 @@ def main(argv=None):
     load = multi_fashion if args.dataset == "multi_fashion" else cats_and_cars
     model, train, test = load(args, progress)
 
-    progress(f"Training heads {sorted(mtk.heads.heads_of(model))}: "
-             f"{args.frozen_epochs} epochs with the trunk frozen, then "
-             f"{args.finetune_epochs} fine-tuning ({args.unfreeze})")
-    start = time.time()
-    history = mtk.fit_transfer(
-        model, train, validation_data=test,
-        frozen_epochs=args.frozen_epochs, finetune_epochs=args.finetune_epochs,
-        unfreeze=args.unfreeze, finetune_learning_rate=args.finetune_learning_rate,
-        verbose=args.verbose)
-    train_seconds = time.time() - start
-
-    progress(f"Evaluating on the test split; writing plots, the model and a "
-             f"SavedModel to {out}")
-    report = mtk.evaluation.write_report(model, test, out, history=history)
-    print("\n" + mtk.evaluation.format_table({"test": report["metrics"]}) + "\n")
+    report, train_seconds = common.train_and_report(
+        model, train, test, args, out, progress)
     results = common.save_outputs(
         model, out, report,
         {"dataset": args.dataset, "train_seconds": train_seconds,
          "settings": vars(args)},
-        warmup_inputs=next(iter(test))[0][:4].numpy().astype("float32"))
-    print(f"Wrote {out / 'results.json'}, the plots and "
-          f"{results['outputs']['saved_model']} "
-          f"({time.time() - progress.started:.0f} s in all).", flush=True)
+        warmup_inputs=next(iter(test))[0][:4].numpy().astype("float32"),
+        progress=progress)
     return results
 
 

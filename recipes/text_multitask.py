@@ -37,7 +37,6 @@ import importlib.util
 import os
 import pathlib
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -221,28 +220,14 @@ def main(argv=None):
         args.trunk, heads=heads, sequence_length=args.sequence_length,
         learning_rate=args.learning_rate)
 
-    progress(f"Training: {args.frozen_epochs} epochs frozen, then "
-             f"{args.finetune_epochs} fine-tuning at {args.finetune_learning_rate}")
-    start = time.time()
-    history = mtk.fit_transfer(
-        model, train, validation_data=test,
-        frozen_epochs=args.frozen_epochs, finetune_epochs=args.finetune_epochs,
-        finetune_learning_rate=args.finetune_learning_rate, verbose=args.verbose)
-    train_seconds = time.time() - start
-
-    progress(f"Evaluating on the test texts; writing plots, the model and a "
-             f"SavedModel to {out}")
-    report = mtk.evaluation.write_report(model, test, out, history=history)
-    print("\n" + mtk.evaluation.format_table({"test": report["metrics"]}) + "\n")
+    report, train_seconds = common.train_and_report(
+        model, train, test, args, out, progress, test_name="the test texts")
     warmup = [t.decode() for t in next(iter(test))[0][:4].numpy()]
     results = common.save_outputs(
         model, out, report,
         {"data": args.data, "trunk": args.trunk, "train_seconds": train_seconds,
          "settings": vars(args)},
-        warmup_inputs=warmup)
-    print(f"Wrote {out / 'results.json'}, the plots and "
-          f"{results['outputs']['saved_model']} "
-          f"({time.time() - progress.started:.0f} s in all).", flush=True)
+        warmup_inputs=warmup, progress=progress)
     return results
 
 
