@@ -419,7 +419,10 @@ class MultiTaskModel(keras.Model):
                 "MultiTaskModel needs a dynamic loss_weighting; use a plain "
                 "keras.Model for static weights."
             )
-        weighting.setup(heads_of(self))
+        heads = heads_of(self)
+        weighting.setup(heads)
+        # Each head's own (unweighted, masked) loss, for the dynamic total.
+        self._head_loss_objects = {n: h.get_loss() for n, h in heads.items()}
         self._features_model = None
         if isinstance(weighting, GradNorm):
             # Same layers, one forward pass giving the shared features too.
@@ -430,11 +433,8 @@ class MultiTaskModel(keras.Model):
         self.loss_weighting = weighting
 
     def _task_losses(self, y, y_pred, sample_weight):
-        heads = heads_of(self)
-        if not hasattr(self, "_head_loss_objects"):
-            self._head_loss_objects = {n: h.get_loss() for n, h in heads.items()}
         losses = {}
-        for name in heads:
+        for name in self.loss_weighting.head_names:
             weight = sample_weight.get(name) if isinstance(sample_weight, dict) else sample_weight
             losses[name] = self._head_loss_objects[name](y[name], y_pred[name], weight)
         return losses
