@@ -193,18 +193,22 @@ def check_training_data(model, x, y=None):
             )
         input_spec, label_spec = spec[0], spec[1]
     else:
-        input_spec = tf.TensorSpec.from_tensor(tf.convert_to_tensor(x))
+        input_spec = _array_spec(x)
         if not isinstance(y, dict):
             raise ValueError(
                 "y must be a dict keyed by head name "
                 f"({sorted(heads_of(model))}), got {type(y).__name__}."
             )
-        label_spec = {
-            key: tf.TensorSpec(np.shape(value), tf.as_dtype(np.asarray(value).dtype))
-            for key, value in y.items()
-        }
+        label_spec = {key: _array_spec(value) for key, value in y.items()}
     _check_inputs(model, input_spec)
     check_labels(heads_of(model), label_spec)
+
+
+def _array_spec(array):
+    """The `tf.TensorSpec` of an array, without copying numeric numpy data."""
+    if isinstance(array, np.ndarray) and array.dtype.kind in "biuf":
+        return tf.TensorSpec(array.shape, tf.as_dtype(array.dtype))
+    return tf.TensorSpec.from_tensor(tf.convert_to_tensor(array))
 
 
 def _check_inputs(model, spec):
