@@ -14,16 +14,19 @@ all measured in this one run.
 import argparse
 import os
 import pathlib
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
-import tensorflow_datasets as tfds
 
-import mtk
-from mtk.data import MultiFashionConfig
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "recipes"))
+
+import common  # noqa: E402  (recipes/common.py)
+
+import mtk  # noqa: E402
 
 METHODS = ("static", "uncertainty", "dwa", "gradnorm", "pcgrad")
 TASKS = ("left", "right")
@@ -42,24 +45,6 @@ def parse_args():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     return parser.parse_args()
-
-
-def load(args):
-    config = MultiFashionConfig(
-        name=f"bench{args.train_size}x{args.test_size}",
-        train_size=args.train_size,
-        test_size=args.test_size,
-    )
-    builder = tfds.builder("multi_fashion", config=config, data_dir=args.data_dir)
-    builder.download_and_prepare()
-    splits = {}
-    for split in ("train", "test"):
-        data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-        splits[split] = (
-            data["image"],
-            {"left": data["label_left"], "right": data["label_right"]},
-        )
-    return splits
 
 
 def trunk():
@@ -115,8 +100,7 @@ def run(method, seed, splits, args):
 
 def main():
     args = parse_args()
-    pathlib.Path(args.data_dir).mkdir(parents=True, exist_ok=True)
-    splits = load(args)
+    splits = common.load_multi_fashion(args.train_size, args.test_size, args.data_dir)
     results = {}
     # Methods interleave within each seed, so machine noise spreads evenly.
     for seed in range(args.seeds):
