@@ -437,6 +437,47 @@ def heads_of(model):
     return heads
 
 
+def check_head_dict(argument, value, head_names, *, complete=False, error=ValueError):
+    """Raises unless ``value`` is a dict keyed by head names.
+
+    The one check behind every per-head argument (labels, ``loss_weights``,
+    ``metrics``, tuning ``baselines``, ...): a list would be matched to heads
+    by position and can land on the wrong head.
+
+    Args:
+        argument: the argument's name, for the message.
+        value: the value to check.
+        head_names: the model's head names.
+        complete: also require a key for every head.
+        error: the exception type for unknown or missing keys (a non-dict
+            always raises TypeError).
+
+    Example:
+
+    >>> mtk.heads.check_head_dict("loss_weights", {"price": 2.0}, ["item", "price"])
+    >>> mtk.heads.check_head_dict("loss_weights", {"prize": 2.0}, ["item", "price"])
+    Traceback (most recent call last):
+    ...
+    ValueError: loss_weights names head(s) ['prize'] that the model lacks; its heads are ['item', 'price'].
+    """
+    names = sorted(head_names)
+    if not isinstance(value, dict):
+        raise TypeError(
+            f"{argument} must be a dict keyed by head name ({names}), got "
+            f"{type(value).__name__}. A list or tuple would be matched to "
+            "heads by position and can land on the wrong head."
+        )
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise error(
+            f"{argument} names head(s) {unknown} that the model lacks; its "
+            f"heads are {names}."
+        )
+    missing = sorted(set(names) - set(value))
+    if complete and missing:
+        raise error(f"{argument} lacks head(s) {missing}.")
+
+
 def check_labels(heads, label_spec):
     """Checks a batched label structure against the heads before training.
 

@@ -26,6 +26,54 @@ from mtk.heads import heads_of
 from mtk.trunks import TRUNK_NAME
 
 
+def get_optimizer(optimizer="adam", learning_rate=None):
+    """A fresh Keras optimizer from a name, a config dict or an instance.
+
+    The one place mtk turns ``optimizer=`` arguments into optimizers (the
+    builder, recompiling for fine-tuning, each tuning trial).
+
+    Args:
+        optimizer: a name (``"adam"``), a serialized optimizer, or a
+            `keras.optimizers.Optimizer` (copied, never shared: its state
+            belongs to one model).
+        learning_rate: the learning rate to set, or None to keep the
+            optimizer's own.
+
+    Example:
+
+    >>> opt = mtk.training.get_optimizer("adam", learning_rate=1e-4)
+    >>> type(opt).__name__, float(opt.learning_rate)
+    ('Adam', 0.0001)
+    """
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        # Compile wraps the inner optimizer again under mixed_float16.
+        optimizer = optimizer.inner_optimizer
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        config = optimizer.get_config()
+        cls = type(optimizer)
+    elif isinstance(optimizer, (str, dict)):
+        cls = None
+        config = optimizer if isinstance(optimizer, dict) else {
+            "class_name": optimizer, "config": {}}
+    else:
+        raise TypeError(
+            "optimizer must be a name, a serialized optimizer or a "
+            f"keras.optimizers.Optimizer, got {optimizer!r}."
+        )
+    if cls is None:
+        config = {"class_name": config["class_name"],
+                  "config": dict(config.get("config", {}))}
+        if learning_rate is not None:
+            config["config"]["learning_rate"] = learning_rate
+        try:
+            return keras.optimizers.get(config)
+        except ValueError as error:
+            raise ValueError(f"Unknown optimizer {optimizer!r}: {error}") from None
+    if learning_rate is not None:
+        config["learning_rate"] = learning_rate
+    return cls.from_config(config)
+
+
 def get_trunk(model):
     """The model's trunk: its nested layer named ``"trunk"``."""
     try:
