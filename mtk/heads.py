@@ -437,7 +437,10 @@ def heads_of(model):
     return heads
 
 
-def check_head_dict(argument, value, head_names, *, complete=False, error=ValueError):
+def check_head_dict(
+    argument, value, head_names, *, complete=False, error=ValueError,
+    missing_hint=None,
+):
     """Raises unless ``value`` is a dict keyed by head names.
 
     The one check behind every per-head argument (labels, ``loss_weights``,
@@ -451,6 +454,8 @@ def check_head_dict(argument, value, head_names, *, complete=False, error=ValueE
         complete: also require a key for every head.
         error: the exception type for unknown or missing keys (a non-dict
             always raises TypeError).
+        missing_hint: a sentence added to the message for missing keys,
+            saying what to give instead.
 
     Example:
 
@@ -475,7 +480,8 @@ def check_head_dict(argument, value, head_names, *, complete=False, error=ValueE
         )
     missing = sorted(set(names) - set(value))
     if complete and missing:
-        raise error(f"{argument} lacks head(s) {missing}.")
+        hint = f" {missing_hint}" if missing_hint else ""
+        raise error(f"{argument} lacks head(s) {missing}.{hint}")
 
 
 def check_labels(heads, label_spec):
@@ -487,28 +493,14 @@ def check_labels(heads, label_spec):
             a dict ``{head name: tf.TensorSpec}``.
 
     Raises:
+        TypeError: when the labels are not a dict keyed by head name.
         ValueError: naming the head that lacks labels, the label key that
             matches no head, or the head whose labels have the wrong shape.
     """
-    if not isinstance(label_spec, dict):
-        raise ValueError(
-            "Labels must be a dict keyed by head name "
-            f"({sorted(heads)}), got {type(label_spec).__name__}. A list or "
-            "tuple would be matched to heads by position and can land on the "
-            "wrong head."
-        )
-    unknown = sorted(set(label_spec) - set(heads))
-    if unknown:
-        raise ValueError(
-            f"Labels carry key(s) {unknown} that match no head; the model's "
-            f"heads are {sorted(heads)}."
-        )
-    missing = sorted(set(heads) - set(label_spec))
-    if missing:
-        raise ValueError(
-            f"Labels lack head(s) {missing}. Give every head a label; mark "
-            "unknown ones with the missing-label sentinel (-1 for "
-            "Classification, NaN otherwise)."
-        )
+    check_head_dict(
+        "labels", label_spec, heads, complete=True,
+        missing_hint="Give every head a label; mark unknown ones with the "
+        "missing-label sentinel (-1 for Classification, NaN otherwise).",
+    )
     for name, spec in label_spec.items():
         heads[name].check_label_spec(spec.shape[1:], spec.dtype)

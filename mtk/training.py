@@ -21,9 +21,10 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from mtk.heads import check_head_dict
 from mtk.heads import check_labels
 from mtk.heads import heads_of
-from mtk.trunks import TRUNK_NAME
+from mtk.trunks import get_trunk
 
 
 def get_optimizer(optimizer="adam", learning_rate=None):
@@ -72,17 +73,6 @@ def get_optimizer(optimizer="adam", learning_rate=None):
     if learning_rate is not None:
         config["learning_rate"] = learning_rate
     return cls.from_config(config)
-
-
-def get_trunk(model):
-    """The model's trunk: its nested layer named ``"trunk"``."""
-    try:
-        return model.get_layer(TRUNK_NAME)
-    except ValueError:
-        raise ValueError(
-            f"Model {model.name!r} has no layer named {TRUNK_NAME!r}; build it "
-            "with mtk.build_multitask_model()."
-        ) from None
 
 
 def freeze_trunk(model):
@@ -203,19 +193,12 @@ def recompile(model, learning_rate=None):
             "mtk.compile_multitask(model))."
         )
     config = model.get_compile_config()
-    optimizer = model.optimizer
-    # Under mixed_float16, compile wrapped the optimizer in a
-    # LossScaleOptimizer; rebuild the inner one and compile wraps it again.
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        optimizer = optimizer.inner_optimizer
-    optimizer_config = optimizer.get_config()
-    if learning_rate is not None:
-        optimizer_config["learning_rate"] = learning_rate
     # Under a tf.distribute strategy the new optimizer's variables must be
-    # created in the scope the model was built in.
+    # created in the scope the model was built in. get_optimizer unwraps the
+    # LossScaleOptimizer of mixed_float16; compile wraps the copy again.
     with model.distribute_strategy.scope():
         config["optimizer"] = keras.optimizers.serialize(
-            optimizer.__class__.from_config(optimizer_config)
+            get_optimizer(model.optimizer, learning_rate)
         )
         model.compile_from_config(config)
 
@@ -230,6 +213,7 @@ def check_training_data(model, x, y=None):
         y: labels dict of arrays when ``x`` is not a dataset.
 
     Raises:
+        TypeError: when the labels are not a dict keyed by head name.
         ValueError: naming the head or input at fault.
     """
     if isinstance(x, tf.data.Dataset):
@@ -242,11 +226,7 @@ def check_training_data(model, x, y=None):
         input_spec, label_spec = spec[0], spec[1]
     else:
         input_spec = _array_spec(x)
-        if not isinstance(y, dict):
-            raise ValueError(
-                "y must be a dict keyed by head name "
-                f"({sorted(heads_of(model))}), got {type(y).__name__}."
-            )
+        check_head_dict("y", y, heads_of(model))
         label_spec = {key: _array_spec(value) for key, value in y.items()}
     _check_inputs(model, input_spec)
     check_labels(heads_of(model), label_spec)

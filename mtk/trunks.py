@@ -49,6 +49,23 @@ APPLICATIONS = {
 }
 
 
+def get_trunk(model):
+    """The model's trunk: its nested layer named ``"trunk"`` (`TRUNK_NAME`).
+
+    Example:
+
+    >>> mtk.trunks.get_trunk(model).name
+    'trunk'
+    """
+    try:
+        return model.get_layer(TRUNK_NAME)
+    except ValueError:
+        raise ValueError(
+            f"Model {model.name!r} has no layer named {TRUNK_NAME!r}; build it "
+            "with mtk.build_multitask_model()."
+        ) from None
+
+
 @keras.saving.register_keras_serializable(package="mtk")
 class Trunk(keras.Model):
     """The shared trunk: a functional model whose trainable flags survive saving.

@@ -61,17 +61,24 @@ def test_check_labels_accepts_matching_specs():
 
 
 @pytest.mark.parametrize("labels, message", [
-    ({"c": _spec(())}, r"lack head\(s\) \['b'\]"),
-    ({"c": _spec(()), "b": _spec(()), "x": _spec(())}, r"key\(s\) \['x'\] that match no head"),
+    ({"c": _spec(())}, r"labels lacks head\(s\) \['b'\]\. .*missing-label sentinel"),
+    ({"c": _spec(()), "b": _spec(()), "x": _spec(())},
+     r"labels names head\(s\) \['x'\] that the model lacks; its heads are \['b', 'c'\]"),
     ({"c": _spec((3,)), "b": _spec(())}, r"'c' \(Classification\) expects labels of shape \(\) or \(1,\) per example, got \(3,\)"),
     ({"c": _spec(()), "b": _spec((), "string")}, "'b' .*numeric"),
-    ([_spec(()), _spec(())], "dict keyed by head name"),
 ])
 def test_check_labels_names_the_fault(labels, message):
     heads = {"c": mtk.heads.Classification("c", num_classes=3),
              "b": mtk.heads.Binary("b")}
     with pytest.raises(ValueError, match=message):
         check_labels(heads, labels)
+
+
+def test_check_labels_rejects_a_list():
+    heads = {"c": mtk.heads.Classification("c", num_classes=3),
+             "b": mtk.heads.Binary("b")}
+    with pytest.raises(TypeError, match=r"labels must be a dict keyed by head name \(\['b', 'c'\]\), got list"):
+        check_labels(heads, [_spec(()), _spec(())])
 
 
 def test_extra_metrics_must_be_metric_objects():

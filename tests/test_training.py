@@ -4,9 +4,9 @@ import pytest
 
 import mtk
 from conftest import as_dataset
-from conftest import assert_save_load_roundtrip
+from testing import run_model_saving_test
 from conftest import image_batch
-from mtk.training import get_trunk
+from mtk.trunks import get_trunk
 
 
 def _bn_layers(model):
@@ -107,8 +107,8 @@ def _bad_labels():
     unknown = dict(y, colour=y["flag"])
     wrong_shape = dict(y, tags=y["tags"][:, :2])
     return x, {
-        "missing": (missing, r"lack head\(s\) \['flag'\]"),
-        "unknown": (unknown, r"\['colour'\] that match no head"),
+        "missing": (missing, r"labels lacks head\(s\) \['flag'\]"),
+        "unknown": (unknown, r"labels names head\(s\) \['colour'\] that the model lacks"),
         "shape": (wrong_shape, r"'tags' \(MultiLabel\) expects labels of shape \(3,\)"),
     }
 
@@ -135,7 +135,7 @@ def test_bad_input_fails_before_training(tiny_model, case):
 def test_check_training_data_with_arrays(tiny_model):
     x, y = image_batch(4)
     mtk.check_training_data(tiny_model, x, y)
-    with pytest.raises(ValueError, match="y must be a dict"):
+    with pytest.raises(TypeError, match=r"y must be a dict keyed by head name \(\['flag', 'item', 'price', 'tags'\]\)"):
         mtk.check_training_data(tiny_model, x, [y["item"]])
 
 
@@ -152,7 +152,7 @@ def test_trained_model_save_load_round_trip(tiny_model, tmp_path):
     x, y = image_batch(16)
     mtk.fit_transfer(tiny_model, as_dataset(x, y), frozen_epochs=1,
                      finetune_epochs=1, unfreeze="top:10", verbose=0)
-    loaded = assert_save_load_roundtrip(tiny_model, x, str(tmp_path / "m.keras"))
+    loaded = run_model_saving_test(tiny_model, x, str(tmp_path / "m.keras"))
     assert len(loaded.trainable_weights) == len(tiny_model.trainable_weights)
     assert loaded.get_layer("item").class_names == list("abcd")
     # The loaded model keeps training with its masked losses.
