@@ -10,15 +10,23 @@ What the recipes and benchmarks report about a multi-task model:
   baselines, each task's sign set by whether its metric is better high or low.
 - `confusion_matrices`: one per Classification / Binary head, skipping
   examples whose label is missing.
-- `format_table`: a plain-text table of several reports side by side.
+- `format_table`: rows (flat dicts) as a Markdown table, what every recipe,
+  benchmark and the tuner print; `format_reports` lays several reports side
+  by side with it.
+- `split_log_keys` / `log_key`: Keras's ``[val_]<head>_<metric>`` log keys,
+  parsed and built in one place.
+- `EpochTimer`: a callback recording each epoch's training time.
 - `plot_history`, `plot_confusion_matrix`, `plot_loss_weights`: PNG files
   (matplotlib, drawn without pyplot, so no display or backend is needed).
 - `write_report`: all of the above for one model into one directory.
 """
 
 import json
+import numbers
 import os
+import time
 
+import keras
 import numpy as np
 
 from mtk.heads import Binary
@@ -67,6 +75,28 @@ def split_log_keys(keys, head_names):
                 mapping[name][key[len(name) + 1 :]] = key
                 break
     return mapping
+
+
+def log_key(head, metric, head_names, validation=False):
+    """The Keras log key of one head's metric: `split_log_keys` inverted.
+
+    Args:
+        head: the head's name.
+        metric: the metric's name, e.g. ``"accuracy"``.
+        head_names: the model's head names (a one-head model's keys carry
+            no head name).
+        validation: prefix ``val_``, as `keras.Model.fit` names the metrics
+            of its validation data.
+
+    Example:
+
+    >>> mtk.evaluation.log_key("item", "accuracy", ["item", "flag"], validation=True)
+    'val_item_accuracy'
+    >>> mtk.evaluation.log_key("item", "accuracy", ["item"])
+    'accuracy'
+    """
+    key = metric if len(list(head_names)) == 1 else f"{head}_{metric}"
+    return VAL_PREFIX + key if validation else key
 
 
 def evaluate_heads(model, dataset, **evaluate_kwargs):
@@ -269,51 +299,135 @@ def class_names(head):
     return [str(i) for i in range(head.num_classes)]
 
 
-def format_table(reports, metrics=None):
-    """Formats reports side by side as a plain-text table.
+def format_table(rows, title=None):
+    """Rows of flat dicts as a Markdown table.
+
+    The one table formatter of mtk: the tuner's trials table, the recipes'
+    per-head reports (`format_reports`) and the benchmarks' results print
+    with it. Columns are the rows' keys, in order of first appearance.
+    Floats show 4 significant digits, integers and strings as they are,
+    True as ``*`` (False and None as an empty cell).
 
     Args:
-        reports: ``{column title: report}``, each report a dict from
-            `evaluate_heads` (``{head: {metric: value}}``). Rows are taken
-            from the first report.
-        metrics: optional list of metric names to show (default: all but
-            ``loss``).
+        rows: a list of dicts ``{column: value}``.
+        title: an optional line above the table.
 
     Returns:
         The table as a string.
 
     Example:
 
-    >>> print(mtk.evaluation.format_table(
+    >>> print(mtk.evaluation.format_table([{"trial": "00", "score": 0.51234}]))
+    | trial | score  |
+    |-------|--------|
+    | 00    | 0.5123 |
+    """
+
+    def cell(value):
+        if isinstance(value, bool):
+            return "*" if value else ""
+        if isinstance(value, numbers.Integral):
+            return str(value)
+        if isinstance(value, numbers.Real):
+            return f"{value:.4g}"
+        return "" if value is None else str(value)
+
+    lines = [title] if title else []
+    if not rows:
+        return "\n".join(lines + ["(no rows)"])
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [
+        max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)
+    ]
+    lines.append(
+        "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |"
+    )
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in cells:
+        lines.append(
+            "| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |"
+        )
+    return "\n".join(lines)
+
+
+def format_reports(reports, metrics=None, title=None):
+    """Several per-head reports side by side, as a `format_table` table.
+
+    Args:
+        reports: ``{column title: report}``, each report a dict from
+            `evaluate_heads` (``{head: {metric: value}}``). Rows are taken
+            from the first report; values show 4 decimals, ``-`` where a
+            report lacks one.
+        metrics: optional list of metric names to show (default: all but
+            ``loss``).
+        title: an optional line above the table.
+
+    Returns:
+        The table as a string.
+
+    Example:
+
+    >>> print(mtk.evaluation.format_reports(
     ...     {"multi-task": {"a": {"accuracy": 0.9}},
     ...      "single-task": {"a": {"accuracy": 0.8}}}))
-    head  metric    multi-task  single-task
-    ----  --------  ----------  -----------
-    a     accuracy  0.9000      0.8000
+    | head | metric   | multi-task | single-task |
+    |------|----------|------------|-------------|
+    | a    | accuracy | 0.9000     | 0.8000      |
     """
     if not reports:
         raise ValueError("reports is empty; give {column title: report}.")
     titles = list(reports)
-    first = reports[titles[0]]
-    rows = [["head", "metric"] + titles]
-    for head, values in first.items():
+    rows = []
+    for head, values in reports[titles[0]].items():
         for metric in values:
             if (metrics is None and metric == "loss") or (
                 metrics is not None and metric not in metrics
             ):
                 continue
-            cells = [head, metric]
-            for title in titles:
-                value = reports[title].get(head, {}).get(metric)
-                cells.append("-" if value is None else f"{value:.4f}")
-            rows.append(cells)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+            row = {"head": head, "metric": metric}
+            for column in titles:
+                value = reports[column].get(head, {}).get(metric)
+                row[column] = "-" if value is None else f"{value:.4f}"
+            rows.append(row)
+    return format_table(rows, title=title)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records each epoch's training time, validation excluded.
+
+    After `keras.Model.fit`, ``seconds`` holds one float per epoch: the time
+    from the epoch's start to its last training step (validation, which
+    `fit` runs after the training steps, is not counted).
+
+    Example:
+
+    >>> timer = mtk.evaluation.EpochTimer()
+    >>> _ = model.fit(train_ds, epochs=2, callbacks=[timer], verbose=0)
+    >>> len(timer.seconds), all(s > 0 for s in timer.seconds)
+    (2, True)
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+        self._start = None
+        self._recorded = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._recorded = False
+
+    def on_test_begin(self, logs=None):
+        # fit's validation runs after the epoch's training steps.
+        if self._start is not None and not self._recorded:
+            self.seconds.append(time.perf_counter() - self._start)
+            self._recorded = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._recorded:
+            self.seconds.append(time.perf_counter() - self._start)
+            self._recorded = True
 
 
 # === Plots ===

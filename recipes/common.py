@@ -237,7 +237,7 @@ def train_and_report(model, train, test, args, output_dir, progress,
     progress(f"Evaluating on {test_name}; writing plots, the model and a "
              f"SavedModel to {output_dir}")
     report = mtk.evaluation.write_report(model, test, output_dir, history=history)
-    print("\n" + mtk.evaluation.format_table({"test": report["metrics"]}) + "\n")
+    print("\n" + mtk.evaluation.format_reports({"test": report["metrics"]}) + "\n")
     return report, train_seconds
 
 

@@ -216,7 +216,7 @@ def main(argv=None):
         ))
 
     print("[5/5] Results on the test images of the target classes\n", flush=True)
-    table = mtk.evaluation.format_table(
+    table = mtk.evaluation.format_reports(
         {"mtk transfer": multitask, "scratch 1-task": baselines}
     )
     gain = mtk.evaluation.delta_m(

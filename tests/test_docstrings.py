@@ -30,7 +30,10 @@ MODULES = [
     "mtk.trunks",
     "mtk.builder",
     "mtk.training",
-    "mtk.tuning",
+    "mtk.tuning.hypermodel",
+    "mtk.tuning.score",
+    "mtk.tuning.tune",
+    "mtk.tuning.tuners",
     "mtk.weighting",
 ]
 

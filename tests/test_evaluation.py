@@ -145,17 +145,47 @@ def test_confusion_matrices_skip_missing_labels():
     np.testing.assert_array_equal(matrices["flag"], [[2, 0], [1, 2]])
 
 
-def test_format_table_side_by_side():
-    table = evaluation.format_table({
+def test_format_table_cells_and_columns():
+    table = evaluation.format_table(
+        [{"trial": "00", "score": 0.512345, "size": 12000, "best": True},
+         {"trial": "01", "score": None, "best": False, "note": "late column"}],
+        title="two trials",
+    )
+    assert table.splitlines() == [
+        "two trials",
+        "| trial | score  | size  | best | note        |",
+        "|-------|--------|-------|------|-------------|",
+        "| 00    | 0.5123 | 12000 | *    |             |",
+        "| 01    |        |       |      | late column |",
+    ]
+    assert evaluation.format_table([], title="none").splitlines() == ["none", "(no rows)"]
+
+
+def test_format_reports_side_by_side():
+    table = evaluation.format_reports({
         "multi": {"a": {"loss": 0.3, "accuracy": 0.91}, "b": {"mae": 1.5}},
         "single": {"a": {"accuracy": 0.875}},
     })
     assert table.splitlines() == [
-        "head  metric    multi   single",
-        "----  --------  ------  ------",
-        "a     accuracy  0.9100  0.8750",
-        "b     mae       1.5000  -",
+        "| head | metric   | multi  | single |",
+        "|------|----------|--------|--------|",
+        "| a    | accuracy | 0.9100 | 0.8750 |",
+        "| b    | mae      | 1.5000 | -      |",
     ]
+    only_loss = evaluation.format_reports({"m": {"a": {"loss": 0.3, "accuracy": 0.9}}},
+                                          metrics=["loss"])
+    assert only_loss.splitlines()[2] == "| a    | loss   | 0.3000 |"
+
+
+def test_log_key_inverts_split_log_keys():
+    heads = ["item", "item_color"]
+    keys = [evaluation.log_key(h, m, heads) for h in heads for m in ("loss", "mae")]
+    assert keys == ["item_loss", "item_mae", "item_color_loss", "item_color_mae"]
+    assert evaluation.split_log_keys(keys, heads) == {
+        "item": {"loss": "item_loss", "mae": "item_mae"},
+        "item_color": {"loss": "item_color_loss", "mae": "item_color_mae"},
+    }
+    assert evaluation.log_key("item", "mae", ["item"], validation=True) == "val_mae"
 
 
 def assert_png(path):

@@ -1,0 +1,334 @@
+"""`MultiTaskHyperModel`: the search space of per-head loss weights."""
+
+import inspect
+import numbers
+import warnings
+
+import keras_tuner
+from keras_tuner.errors import FatalValueError
+
+from mtk.builder import compile_multitask
+from mtk.evaluation import VAL_PREFIX
+from mtk.evaluation import log_key
+from mtk.heads import check_head_dict
+from mtk.heads import heads_of
+from mtk.training import check_unfreeze
+from mtk.training import fit_transfer
+from mtk.training import get_optimizer
+from mtk.trunks import get_trunk
+from mtk.tuning.score import OBJECTIVE
+from mtk.tuning.score import MultiTaskScore
+from mtk.tuning.score import check_baselines
+from mtk.tuning.score import score_references
+
+DEFAULT_WEIGHT_RANGE = (0.05, 20.0)
+WEIGHT_PREFIX = "loss_weight_"
+
+
+def _check_range(argument, value):
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, numbers.Real) for v in value)
+    ):
+        raise ValueError(
+            f"{argument} must be a (min, max) pair of numbers, got {value!r}."
+        )
+    low, high = float(value[0]), float(value[1])
+    if low <= 0:
+        raise ValueError(
+            f"{argument}={tuple(value)}: min must be > 0 (values are sampled "
+            "log-uniformly)."
+        )
+    if low > high:
+        raise ValueError(f"{argument}={tuple(value)}: min {low} > max {high}.")
+    return low, high
+
+
+def _fixed_or_range(argument, value):
+    """A positive number (fixed) or a (min, max) range, checked."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError(f"{argument} must be > 0, got {value!r}.")
+        return float(value)
+    return _check_range(argument, value)
+
+
+def _float_hp(hp, name, spec):
+    if isinstance(spec, float):
+        return spec
+    low, high = spec
+    if low == high:
+        return hp.Fixed(name, low)
+    return hp.Float(name, low, high, sampling="log")
+
+
+class MultiTaskHyperModel(keras_tuner.HyperModel):
+    """Search space of per-head loss weights for a multi-task model.
+
+    Each trial builds a fresh model with ``make_model()`` and compiles it with
+    one loss weight per head, drawn log-uniformly (hyperparameters
+    ``loss_weight_<head>``), and optionally tuned learning rates and trunk
+    unfreezing. ``make_model(hp)``, when it takes an argument, may define
+    more hyperparameters itself, e.g. head dropout:
+    ``mtk.heads.Binary("flag", dropout=hp.Float("dropout", 0.0, 0.5))``.
+
+    `fit` trains with `mtk.fit_transfer` when ``finetune_epochs > 0``
+    (``epochs`` frozen, then ``finetune_epochs`` unfrozen), with
+    `keras.Model.fit` otherwise, and logs ``val_multitask_score`` (see
+    `mtk.tuning.MultiTaskScore`); it returns the History, from which the tuner reads its
+    objective.
+
+    Loss weights trade tasks off only through the parameters the heads share,
+    the trunk: train it (``freeze_trunk=False`` in ``make_model``) or give
+    ``finetune_epochs``. On a frozen trunk each head learns from its own loss
+    alone, and Adam cancels a constant scale of that loss.
+
+    Args:
+        make_model: a function returning a fresh model from
+            `mtk.build_multitask_model`, called with no argument or with the
+            trial's `keras_tuner.HyperParameters`.
+        weight_range: ``(min, max)`` of every head's loss weight, or a dict
+            ``{head: (min, max)}`` (heads not in it use ``(0.05, 20.0)``).
+        pinned_head: a head whose weight stays 1.0 as the reference. With
+            Adam, scaling all weights by one constant hardly changes
+            training, so pinning one removes a redundant direction.
+        learning_rate: learning rate of (the first phase of) training: a
+            number, or a ``(min, max)`` range to tune.
+        optimizer: optimizer name, serialized optimizer, or an instance
+            whose class and config are copied for each trial
+            (`mtk.training.get_optimizer`).
+        finetune_epochs: epochs of fine-tuning with the trunk unfrozen after
+            the frozen ``epochs``; 0 trains in one phase.
+        finetune_learning_rate: the fine-tuning learning rate: a number or a
+            ``(min, max)`` range.
+        unfreeze: what fine-tuning unfreezes (see `mtk.unfreeze_trunk`), or a
+            list of such choices to tune.
+        baselines: optional ``{head: single-task metric value}``: the score
+            is then Δm against them, otherwise skill over chance.
+
+    Example:
+
+    >>> import keras_tuner
+    >>> def make_model():
+    ...     return mtk.build_multitask_model(
+    ...         keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)]),
+    ...         heads=[mtk.heads.Classification("item", 3),
+    ...                mtk.heads.Binary("flag")],
+    ...         trunk_weights=None, freeze_trunk=False)
+    >>> hypermodel = mtk.tuning.MultiTaskHyperModel(make_model, pinned_head="item")
+    >>> hp = keras_tuner.HyperParameters()
+    >>> model = hypermodel.build(hp)
+    >>> sorted(hp.values)
+    ['loss_weight_flag', 'loss_weight_item']
+    """
+
+    def __init__(
+        self,
+        make_model,
+        *,
+        weight_range=DEFAULT_WEIGHT_RANGE,
+        pinned_head=None,
+        learning_rate=1e-3,
+        optimizer="adam",
+        finetune_epochs=0,
+        finetune_learning_rate=1e-5,
+        unfreeze="all",
+        baselines=None,
+        name=None,
+    ):
+        super().__init__(name=name)
+        if not callable(make_model):
+            raise TypeError(
+                f"make_model must be a function returning a model, got "
+                f"{make_model!r}."
+            )
+        self.make_model = make_model
+        self._takes_hp = _takes_argument(make_model)
+        if isinstance(weight_range, dict):
+            self.weight_range = {
+                head: _check_range(f"weight_range[{head!r}]", value)
+                for head, value in weight_range.items()
+            }
+        else:
+            self.weight_range = _check_range("weight_range", weight_range)
+        if pinned_head is not None and not isinstance(pinned_head, str):
+            raise TypeError(
+                f"pinned_head must be a head name, got {pinned_head!r}."
+            )
+        if isinstance(self.weight_range, dict) and pinned_head in self.weight_range:
+            raise ValueError(
+                f"Head {pinned_head!r} is pinned_head (weight 1.0) and has a "
+                "weight_range; give one or the other."
+            )
+        self.pinned_head = pinned_head
+        self.learning_rate = _fixed_or_range("learning_rate", learning_rate)
+        get_optimizer(optimizer)  # Fails now on a bad name or type.
+        self.optimizer = optimizer
+        if not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+            raise ValueError(
+                f"finetune_epochs must be an integer >= 0, got "
+                f"{finetune_epochs!r}."
+            )
+        self.finetune_epochs = finetune_epochs
+        self.finetune_learning_rate = _fixed_or_range(
+            "finetune_learning_rate", finetune_learning_rate
+        )
+        choices = unfreeze if isinstance(unfreeze, (list, tuple)) else [unfreeze]
+        if not choices:
+            raise ValueError("unfreeze is an empty list; give one choice or more.")
+        # KerasTuner choices are of one type; fit_transfer reads "top:N" as N.
+        self.unfreeze = [
+            f"top:{u}" if isinstance(u, int) and not isinstance(u, bool) else u
+            for u in choices
+        ]
+        if baselines is not None and not isinstance(baselines, dict):
+            raise TypeError(
+                f"baselines must be a dict keyed by head name, got "
+                f"{type(baselines).__name__}."
+            )
+        self.baselines = baselines
+        self._references = None
+        self._references_for = None
+
+    def build(self, hp):
+        model = self.make_model(hp) if self._takes_hp else self.make_model()
+        try:
+            heads = heads_of(model)
+        except ValueError as error:
+            raise FatalValueError(f"make_model(): {error}") from None
+        self._check_head_names(heads)
+        if self.baselines is not None:
+            check_baselines(self.baselines, heads)
+        if not get_trunk(model).trainable and not self.finetune_epochs:
+            warnings.warn(
+                "make_model() returns a frozen trunk and finetune_epochs=0: "
+                "no parameter is shared between heads, so loss weights cannot "
+                "trade one task off against another (with Adam they change "
+                "nothing at all). Build with freeze_trunk=False or give "
+                "finetune_epochs.",
+                stacklevel=2,
+            )
+        if self.finetune_epochs:
+            for choice in self.unfreeze:
+                try:
+                    check_unfreeze(model, choice)
+                except ValueError as error:
+                    raise FatalValueError(str(error)) from None
+
+        weights = {}
+        for name in heads:
+            if name == self.pinned_head:
+                weights[name] = hp.Fixed(WEIGHT_PREFIX + name, 1.0)
+            else:
+                weights[name] = _float_hp(
+                    hp, WEIGHT_PREFIX + name, self._range_of(name)
+                )
+        learning_rate = _float_hp(hp, "learning_rate", self.learning_rate)
+        if self.finetune_epochs:
+            _float_hp(hp, "finetune_learning_rate", self.finetune_learning_rate)
+            if len(self.unfreeze) > 1:
+                hp.Choice("unfreeze", self.unfreeze)
+        compile_multitask(
+            model,
+            optimizer=get_optimizer(self.optimizer, learning_rate),
+            loss_weights=weights,
+        )
+        return model
+
+    def fit(self, hp, model, *args, **kwargs):
+        validation_data = kwargs.get("validation_data")
+        if validation_data is None:
+            raise FatalValueError(
+                "MultiTaskHyperModel.fit needs validation_data=: the "
+                f"{OBJECTIVE} is computed on it."
+            )
+        callbacks = [self._score_callback(model, validation_data)]
+        callbacks += list(kwargs.pop("callbacks", None) or [])
+        # Recompiling after (un)freezing must happen in the model's strategy
+        # scope; KerasTuner only enters it around build().
+        with model.distribute_strategy.scope():
+            if not self.finetune_epochs:
+                return model.fit(*args, callbacks=callbacks, **kwargs)
+            if "initial_epoch" in kwargs:
+                raise FatalValueError(
+                    "finetune_epochs > 0 runs its own two-phase epoch schedule; "
+                    "a tuner that sets initial_epoch (Hyperband) cannot run it."
+                )
+            return fit_transfer(
+                model,
+                *args,
+                frozen_epochs=kwargs.pop("epochs", 1),
+                finetune_epochs=self.finetune_epochs,
+                unfreeze=_value(hp, "unfreeze", self.unfreeze[0]),
+                finetune_learning_rate=_value(
+                    hp, "finetune_learning_rate", self.finetune_learning_rate
+                ),
+                callbacks=callbacks,
+                **kwargs,
+            )
+
+    def head_metrics(self):
+        """``{head: log name of its primary validation metric}``."""
+        if self._references is not None:
+            return {r.head: VAL_PREFIX + r.log_name for r in self._references}
+        hp = keras_tuner.HyperParameters()
+        model = self.make_model(hp) if self._takes_hp else self.make_model()
+        heads = heads_of(model)
+        return {
+            name: log_key(name, head.primary_metric, heads, validation=True)
+            for name, head in heads.items()
+        }
+
+    def _check_head_names(self, heads):
+        if self.pinned_head is not None and self.pinned_head not in heads:
+            raise FatalValueError(
+                f"pinned_head names head {self.pinned_head!r}, which the "
+                f"model lacks; its heads are {sorted(heads)}."
+            )
+        if isinstance(self.weight_range, dict):
+            check_head_dict(
+                "weight_range", self.weight_range, heads, error=FatalValueError
+            )
+
+    def _range_of(self, head):
+        if isinstance(self.weight_range, dict):
+            return self.weight_range.get(head, DEFAULT_WEIGHT_RANGE)
+        return self.weight_range
+
+    def _score_callback(self, model, validation_data):
+        # Chance levels need one pass over the validation labels: do it once
+        # per search, not once per trial.
+        if self._references is None or self._references_for is not validation_data:
+            self._references = score_references(
+                model, validation_data, self.baselines
+            )
+            self._references_for = validation_data
+        return MultiTaskScore(self._references)
+
+
+def _value(hp, name, spec):
+    return hp.get(name) if name in hp else spec
+
+
+def _takes_argument(function):
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in parameters
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    return bool(positional)
+
+
+
+def loss_weights_of(hp):
+    """The loss weights in a trial's hyperparameters, ``{head: weight}``."""
+    return {
+        name[len(WEIGHT_PREFIX):]: value
+        for name, value in hp.values.items()
+        if name.startswith(WEIGHT_PREFIX)
+    }

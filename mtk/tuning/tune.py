@@ -1,0 +1,163 @@
+"""`tune_loss_weights`: the entry point of loss-weight tuning."""
+
+from mtk.tuning.hypermodel import DEFAULT_WEIGHT_RANGE
+from mtk.tuning.hypermodel import MultiTaskHyperModel
+from mtk.tuning.score import OBJECTIVE
+from mtk.tuning.tuners import TUNERS
+from mtk.tuning.tuners import make_objective
+
+
+def tune_loss_weights(
+    make_model,
+    train_data,
+    validation_data=None,
+    *,
+    tuner="random",
+    max_trials=10,
+    epochs=3,
+    objective=OBJECTIVE,
+    weight_range=DEFAULT_WEIGHT_RANGE,
+    pinned_head=None,
+    baselines=None,
+    learning_rate=1e-3,
+    optimizer="adam",
+    finetune_epochs=0,
+    finetune_learning_rate=1e-5,
+    unfreeze="all",
+    directory=None,
+    project_name="loss_weights",
+    overwrite=False,
+    distribution_strategy=None,
+    executions_per_trial=1,
+    seed=None,
+    **fit_kwargs,
+):
+    """Tunes the per-head loss weights of a multi-task model with KerasTuner.
+
+    Trials live under ``directory/project_name`` as KerasTuner lays them out;
+    with ``overwrite=False`` a re-run reloads the search from there and runs
+    only the trials still missing (e.g. after an interruption, or with a
+    larger ``max_trials``).
+
+    Args:
+        make_model: a function returning a fresh model from
+            `mtk.build_multitask_model` (with no argument, or taking the
+            trial's `keras_tuner.HyperParameters`).
+        train_data: training data, as for `keras.Model.fit` (a
+            `tf.data.Dataset` of ``(inputs, {head: label})``).
+        validation_data: validation data; the objective is computed on it.
+        tuner: ``"random"``, ``"bayesian"`` or ``"hyperband"``.
+        max_trials: number of trials (random, bayesian); Hyperband sizes its
+            own brackets from ``epochs``.
+        epochs: training epochs per trial (frozen-trunk epochs when
+            ``finetune_epochs > 0``); Hyperband's ``max_epochs``.
+        objective: ``"val_multitask_score"`` (see `mtk.tuning.score`), a
+            head's metric such as ``"val_item_accuracy"``, or a
+            `keras_tuner.Objective`.
+        weight_range: ``(min, max)`` of each loss weight, or
+            ``{head: (min, max)}``.
+        pinned_head: a head whose weight stays 1.0.
+        baselines: ``{head: single-task metric value}`` to score Δm.
+        learning_rate: a number, or a ``(min, max)`` range to tune.
+        optimizer: optimizer name or instance (copied for each trial).
+        finetune_epochs: fine-tuning epochs after the frozen ones (0: none).
+        finetune_learning_rate: a number, or a ``(min, max)`` range.
+        unfreeze: what fine-tuning unfreezes, or a list of choices to tune.
+        directory: where trials are stored (default: the working directory).
+        project_name: the search's sub-directory.
+        overwrite: start afresh instead of resuming.
+        distribution_strategy: a `tf.distribute.Strategy` each trial runs in.
+        executions_per_trial: trainings per trial, averaged.
+        seed: seed of the tuner's sampling.
+        **fit_kwargs: other `keras.Model.fit` arguments (``callbacks``,
+            ``verbose``, ``steps_per_epoch``, ...).
+
+    Returns:
+        The tuner (a subclass of the chosen KerasTuner tuner), after the
+        search; it has `best_loss_weights()`, `best_model()` and
+        `trials_table()`, and the table has been printed unless
+        ``verbose=0``.
+
+    Raises:
+        ValueError: for a bad weight range, a head name the model lacks, a
+            missing ``validation_data``, or, at the first epoch, an
+            objective that is never logged.
+
+    Example:
+
+    >>> import tempfile
+    >>> def make_model():  # a fresh model each call, trunk trainable
+    ...     return mtk.build_multitask_model(
+    ...         keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)]),
+    ...         heads=[mtk.heads.Classification("item", 3),
+    ...                mtk.heads.Binary("flag")],
+    ...         trunk_weights=None, freeze_trunk=False, compile=False)
+    >>> x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    >>> y = {"item": (x[:, 0] > 0).astype("int64") + (x[:, 1] > 0),
+    ...      "flag": (x[:, 2] > 0).astype("float32")}
+    >>> ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    >>> tuner = mtk.tuning.tune_loss_weights(
+    ...     make_model, ds, validation_data=ds, max_trials=2, epochs=1,
+    ...     directory=tempfile.mkdtemp(), verbose=0)
+    >>> sorted(tuner.best_loss_weights())
+    ['flag', 'item']
+    >>> len(tuner.trials_table(print_table=False))
+    2
+    """
+    if tuner not in TUNERS:
+        raise ValueError(
+            f"tuner must be one of {sorted(TUNERS)}, got {tuner!r}."
+        )
+    if validation_data is None:
+        raise ValueError(
+            "validation_data is required: the objective is a validation metric."
+        )
+    for argument, value in (
+        ("max_trials", max_trials),
+        ("epochs", epochs),
+        ("executions_per_trial", executions_per_trial),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{argument} must be an integer >= 1, got {value!r}.")
+    for key in ("epochs", "initial_epoch", "validation_split", "x", "y"):
+        if key in fit_kwargs:
+            raise ValueError(
+                f"tune_loss_weights sets {key} itself; remove it from the "
+                "fit arguments."
+            )
+    if tuner == "hyperband" and finetune_epochs:
+        raise ValueError(
+            "tuner='hyperband' sets each trial's epochs itself, which a "
+            "two-phase schedule (finetune_epochs > 0) cannot follow; use "
+            "tuner='random' or 'bayesian'."
+        )
+    hypermodel = MultiTaskHyperModel(
+        make_model,
+        weight_range=weight_range,
+        pinned_head=pinned_head,
+        learning_rate=learning_rate,
+        optimizer=optimizer,
+        finetune_epochs=finetune_epochs,
+        finetune_learning_rate=finetune_learning_rate,
+        unfreeze=unfreeze,
+        baselines=baselines,
+    )
+    budget = {"max_epochs": epochs} if tuner == "hyperband" else {
+        "max_trials": max_trials
+    }
+    search = TUNERS[tuner](
+        hypermodel,
+        objective=make_objective(objective),
+        seed=seed,
+        directory=directory,
+        project_name=project_name,
+        overwrite=overwrite,
+        distribution_strategy=distribution_strategy,
+        executions_per_trial=executions_per_trial,
+        **budget,
+    )
+    search.search(
+        train_data, validation_data=validation_data, epochs=epochs, **fit_kwargs
+    )
+    search.trials_table(print_table=fit_kwargs.get("verbose", 1) != 0)
+    return search
