@@ -37,9 +37,9 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 import mtk  # noqa: E402
 from mtk.data import from_tfds  # noqa: E402
-from mtk.heads import Classification  # noqa: E402
-
-TASKS = {"left": "label_left", "right": "label_right"}
+from mtk.data import multi_fashion_heads  # noqa: E402
+from mtk.data.multi_fashion import TASKS  # noqa: E402
+from mtk.evaluation import format_table  # noqa: E402
 
 
 def parse_args():
@@ -138,7 +138,7 @@ def main():
     tfds.disable_progress_bar()
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="mtk_bench_")
     name = f"multi_fashion/{args.config}"
-    heads = [Classification("left", 10), Classification("right", 10)]
+    heads = multi_fashion_heads()
     prepare = {}
     if args.fashion_dir:
         prepare["download_config"] = tfds.download.DownloadConfig(
@@ -221,21 +221,20 @@ def main():
         f"{os.cpu_count()} CPUs\n"
     )
     memory_times = times["(b) same tensors in memory"]
-    rows = [
-        "| feed | mean step ms | median step ms | ratio of means | "
-        "ratio of medians | pipeline alone ex/s |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for label, feed in feeds.items():
         mean = statistics.fmean(times[label])
         median = statistics.median(times[label])
-        rate = pipeline_rate(feed, args.steps, args.batch_size)
-        rows.append(
-            f"| {label} | {1e3 * mean:.2f} | {1e3 * median:.2f} | "
-            f"{mean / statistics.fmean(memory_times):.3f} | "
-            f"{median / statistics.median(memory_times):.3f} | {rate:,.0f} |"
-        )
-    print("\n".join(rows))
+        rows.append({
+            "feed": label,
+            "mean step ms": f"{1e3 * mean:.2f}",
+            "median step ms": f"{1e3 * median:.2f}",
+            "ratio of means": f"{mean / statistics.fmean(memory_times):.3f}",
+            "ratio of medians": f"{median / statistics.median(memory_times):.3f}",
+            "pipeline alone ex/s":
+                f"{pipeline_rate(feed, args.steps, args.batch_size):,.0f}",
+        })
+    print(format_table(rows))
     print("\nratios are to (b); target <= 1.05")
 
 

@@ -38,6 +38,7 @@ import tensorflow as tf  # noqa: E402
 import mtk  # noqa: E402
 from mtk import tuning  # noqa: E402
 from mtk.data import load_fashion_mnist  # noqa: E402
+from mtk.evaluation import format_table  # noqa: E402
 
 FOOTWEAR = (5, 7, 9)  # Sandal, Sneaker, Ankle boot
 TASKS = ("item", "is_footwear", "coverage")
@@ -258,14 +259,7 @@ def main():
         f"{args.pinned_head or 'none'}, "
         f"{args.seeds} seeds, {os.cpu_count()} CPUs\n"
     )
-    rows = [
-        (
-            "test metric",
-            "equal weights",
-            "tuned weights",
-            "tuned - equal (paired)",
-        )
-    ]
+    rows = []
     for key in list(args.tasks) + ["score"]:
         equal = [r[key] for r in results["equal"]]
         tuned = [r[key] for r in results["tuned"]]
@@ -274,19 +268,13 @@ def main():
             if key == "score"
             else f"{key} {metric_names[key]}"
         )
-        rows.append(
-            (
-                label,
-                mean_std(equal),
-                mean_std(tuned),
-                mean_std([t - e for t, e in zip(tuned, equal)]),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(rows[0], widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows[1:]:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+        rows.append({
+            "test metric": label,
+            "equal weights": mean_std(equal),
+            "tuned weights": mean_std(tuned),
+            "tuned - equal (paired)": mean_std([t - e for t, e in zip(tuned, equal)]),
+        })
+    print(format_table(rows))
     print("\ntuned weights per seed:")
     for seed, weights in enumerate(tuned_weights):
         print(

@@ -2,7 +2,7 @@
 
 Two 10-class tasks per 36x36 image: the class of the top-left item
 (``left``) and of the bottom-right one (``right``). Same trunk architecture
-(`recipes/common.py: fashion_cnn`, cut at its convolutional features, one
+(`mtk.data.fashion_cnn`, cut at its convolutional features, one
 linear layer per head), same epochs, same
 batch size everywhere; mean ± std over ``--seeds`` seeds, all measured in
 this one run:
@@ -27,20 +27,23 @@ this one run:
 import argparse
 import os
 import pathlib
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras
-import numpy as np
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "recipes"))
-
-import common  # noqa: E402  (recipes/common.py)
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import mtk  # noqa: E402
 import mtk.evaluation  # noqa: E402
+from mtk.data import fashion_cnn  # noqa: E402
+from mtk.data import load_multi_fashion  # noqa: E402
+from mtk.data import multi_fashion_heads  # noqa: E402
+from mtk.data import pretrain_fashion_trunk  # noqa: E402
+from mtk.data.fashion_trunk import TRUNK_OUTPUT  # noqa: E402
+from mtk.evaluation import EpochTimer  # noqa: E402
+from mtk.evaluation import format_table  # noqa: E402
 
 TASKS = ("left", "right")
 
@@ -93,11 +96,18 @@ def build(trunk, heads, *, pretrained, learning_rate):
     return mtk.build_multitask_model(
         trunk,
         heads=heads,
-        trunk_output=common.TRUNK_OUTPUT,
+        trunk_output=TRUNK_OUTPUT,
         trunk_weights="pretrained" if pretrained else None,
         freeze_trunk=pretrained,
         learning_rate=learning_rate,
     )
+
+
+def dataset(x, labels, batch_size, shuffle_seed=None):
+    ds = tf.data.Dataset.from_tensor_slices((x, labels))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(x), seed=shuffle_seed)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def inference_seconds(model, x, batch_size):
@@ -122,12 +132,12 @@ def reach(curve, seconds, threshold):
 
 def single_vs_multi(args, data, seed, trunk_template):
     (x, y), (x_test, y_test) = data["train"], data["test"]
-    test = common.dataset(x_test, y_test, 512)
+    test = dataset(x_test, y_test, 512)
     keras.utils.set_random_seed(seed)
-    multi = build(trunk_template, common.multi_fashion_heads(), pretrained=False,
+    multi = build(trunk_template, multi_fashion_heads(), pretrained=False,
                   learning_rate=args.learning_rate)
-    train = common.dataset(x, y, args.batch_size, shuffle_seed=seed)
-    timer = common.EpochTimer()
+    train = dataset(x, y, args.batch_size, shuffle_seed=seed)
+    timer = EpochTimer()
     history = multi.fit(train, epochs=args.epochs, verbose=0, callbacks=[timer],
                         validation_data=test)
     multi_report = mtk.evaluation.evaluate_heads(multi, test)
@@ -141,13 +151,13 @@ def single_vs_multi(args, data, seed, trunk_template):
     }
     for task in TASKS:
         keras.utils.set_random_seed(seed)
-        single = build(trunk_template, common.multi_fashion_heads([task]),
+        single = build(trunk_template, multi_fashion_heads([task]),
                        pretrained=False, learning_rate=args.learning_rate)
-        timer = common.EpochTimer()
-        single.fit(common.dataset(x, {task: y[task]}, args.batch_size, seed),
+        timer = EpochTimer()
+        single.fit(dataset(x, {task: y[task]}, args.batch_size, seed),
                    epochs=args.epochs, verbose=0, callbacks=[timer])
         report = mtk.evaluation.evaluate_heads(
-            single, common.dataset(x_test, {task: y_test[task]}, 512))
+            single, dataset(x_test, {task: y_test[task]}, 512))
         result["single"][task] = report[task]["accuracy"]
         result["single_train_s"] += float(np.sum(timer.seconds))
         result["single_infer_s"] += inference_seconds(single, x_test, 512)
@@ -157,11 +167,11 @@ def single_vs_multi(args, data, seed, trunk_template):
 
 def train_multi(args, trunk, x, y, test, seed, pretrained):
     keras.utils.set_random_seed(seed)
-    model = build(trunk, common.multi_fashion_heads(), pretrained=pretrained,
+    model = build(trunk, multi_fashion_heads(), pretrained=pretrained,
                   learning_rate=args.frozen_learning_rate if pretrained
                   else args.learning_rate)
-    train = common.dataset(x, y, args.batch_size, shuffle_seed=seed)
-    timer = common.EpochTimer()
+    train = dataset(x, y, args.batch_size, shuffle_seed=seed)
+    timer = EpochTimer()
     if pretrained:
         history = mtk.fit_transfer(
             model, train, validation_data=test, frozen_epochs=1,
@@ -186,13 +196,6 @@ def fmt(values, scale=1.0, digits=3):
     return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
 
 
-def table(rows):
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def main(argv=None):
     args = parse_args(argv)
     out = pathlib.Path(args.output_dir)
@@ -200,11 +203,11 @@ def main(argv=None):
     started = time.time()
     print(f"Building/reading MultiFashion {args.train_size}/{args.test_size} in "
           f"{args.data_dir}", flush=True)
-    data = common.load_multi_fashion(args.train_size, args.test_size, args.data_dir)
+    data = load_multi_fashion(args.train_size, args.test_size, args.data_dir)
     x_full, y_full = data["train"]
     x_test, y_test = data["test"]
-    test = common.dataset(x_test, y_test, 512)
-    trunk_template = common.fashion_cnn()
+    test = dataset(x_test, y_test, 512)
+    trunk_template = fashion_cnn()
 
     part1, part2, source = [], {}, []
     for seed in range(args.seeds):
@@ -213,7 +216,7 @@ def main(argv=None):
         r1 = single_vs_multi(args, data, seed, trunk_template)
         part1.append(r1)
         print(f"seed {seed}: pretraining the source trunk", flush=True)
-        path, seconds, accuracy = common.pretrain_fashion_trunk(
+        path, seconds, accuracy = pretrain_fashion_trunk(
             out / f"source_trunk_seed{seed}.keras", examples=args.source_examples,
             epochs=args.source_epochs, seed=seed)
         source.append((seconds, accuracy))
@@ -232,36 +235,36 @@ def main(argv=None):
                 scratch = train_multi(args, path, x, y, test, seed, pretrained=False)
             part2.setdefault(size, []).append({"transfer": transfer, "scratch": scratch})
 
-    rows1 = [("model", *[f"{t} accuracy" for t in TASKS], "Δm (%)",
-              "train time", "inference time")]
+    rows1 = []
     for kind in ("single", "multi"):
-        rows1.append((
-            "2 single-task models" if kind == "single" else "1 multi-task model",
-            *[fmt([r[kind][t] for r in part1]) for t in TASKS],
-            "0 (reference)" if kind == "single" else fmt([r["delta_m"] for r in part1], digits=2),
-            fmt([r[f"{kind}_train_s"] for r in part1], digits=1) + " s",
-            fmt([r[f"{kind}_infer_s"] for r in part1], digits=3) + " s",
-        ))
-    rows1.append((
-        "ratio multi / single", "", "", "",
-        fmt([r["multi_train_s"] / r["single_train_s"] for r in part1], digits=2),
-        fmt([r["multi_infer_s"] / r["single_infer_s"] for r in part1], digits=2),
-    ))
+        rows1.append({
+            "model": "2 single-task models" if kind == "single" else "1 multi-task model",
+            **{f"{t} accuracy": fmt([r[kind][t] for r in part1]) for t in TASKS},
+            "Δm (%)": "0 (reference)" if kind == "single"
+            else fmt([r["delta_m"] for r in part1], digits=2),
+            "train time": fmt([r[f"{kind}_train_s"] for r in part1], digits=1) + " s",
+            "inference time": fmt([r[f"{kind}_infer_s"] for r in part1], digits=3) + " s",
+        })
+    rows1.append({
+        "model": "ratio multi / single",
+        "train time": fmt([r["multi_train_s"] / r["single_train_s"] for r in part1], digits=2),
+        "inference time": fmt([r["multi_infer_s"] / r["single_infer_s"] for r in part1], digits=2),
+    })
 
-    rows2 = [("train size", "trunk", *[f"{t} accuracy" for t in TASKS],
-              f"epochs to {args.target_accuracy:.2f}", f"train s to {args.target_accuracy:.2f}")]
+    rows2 = []
     for size in args.sizes:
         for kind in ("scratch", "transfer"):
             runs = [r[kind] for r in part2[size]]
             reached = [reach(r["curve"], r["epoch_s"], args.target_accuracy) for r in runs]
             hit = [e for e, _ in reached if e is not None]
-            rows2.append((
-                size, "random init" if kind == "scratch" else "pretrained",
-                *[fmt([r["accuracy"][t] for r in runs]) for t in TASKS],
-                (fmt(hit, digits=1) if hit else "never")
+            rows2.append({
+                "train size": size,
+                "trunk": "random init" if kind == "scratch" else "pretrained on Fashion-MNIST",
+                **{f"{t} accuracy": fmt([r["accuracy"][t] for r in runs]) for t in TASKS},
+                f"epochs to {args.target_accuracy:.2f}": (fmt(hit, digits=1) if hit else "never")
                 + (f" ({len(hit)}/{len(runs)} seeds)" if len(hit) < len(runs) else ""),
-                fmt([s for _, s in reached], digits=1),
-            ))
+                f"train s to {args.target_accuracy:.2f}": fmt([s for _, s in reached], digits=1),
+            })
 
     settings = (f"MultiFashion {args.train_size} train / {args.test_size} test canvases, "
                 f"{args.epochs} epochs, batch {args.batch_size}, Adam lr "
@@ -273,9 +276,10 @@ def main(argv=None):
            f"single-item test accuracy {fmt([a for _, a in source])}")
     report = "\n\n".join([
         settings,
-        "1. K=2 single-task models vs one multi-task model (from scratch)\n" + table(rows1),
-        "2. Transfer (pretrained trunk, 1 epoch frozen + fine-tuning) vs scratch, "
-        "multi-task\n" + table(rows2) + "\n" + src
+        format_table(rows1, title="1. K=2 single-task models vs one multi-task model "
+                     "(from scratch)"),
+        format_table(rows2, title="2. Transfer (pretrained trunk, 1 epoch frozen + "
+                     "fine-tuning) vs scratch, multi-task") + "\n" + src
         + "\n(time to accuracy: training seconds only; test set used as the "
         "per-epoch validation; the pretraining is a one-off cost, not included)",
         "3. Published numbers\n" + PUBLISHED,

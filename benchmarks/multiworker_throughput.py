@@ -185,16 +185,13 @@ def main():
         f"{args.per_replica_batch_size} examples per replica per step, "
         f"{os.cpu_count()} CPU cores\n"
     )
-    header = ("workers", "global batch", "examples/s", "vs 1 worker")
-    table = [header] + [
-        (str(w), str(b), f"{eps:.1f}", f"{eps / base:.2f}x")
+    from mtk.evaluation import format_table  # Here: workers import mtk themselves.
+
+    print(format_table([
+        {"workers": w, "global batch": b, "examples/s": f"{eps:.1f}",
+         "vs 1 worker": f"{eps / base:.2f}x"}
         for w, b, eps in rows
-    ]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for i, row in enumerate(table):
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    ]))
 
 
 if __name__ == "__main__":

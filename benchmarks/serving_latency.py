@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import mtk  # noqa: E402
+from mtk.evaluation import format_table  # noqa: E402
 from mtk.export import export_saved_model  # noqa: E402
 
 
@@ -169,19 +170,19 @@ def main():
 
     goal = 1.2 / args.heads
     print()
-    print(f"K = {args.heads}; goal: ratio (a)/(b) <= 1.2/K = {goal:.3f}")
-    print(
-        f"{'batch':>5} | {'(a) 1 model, K heads':>20} | "
-        f"{'(b) K models, 1 head':>20} | {'ratio':>6} | goal met"
-    )
-    print("-" * 72)
+    table = []
     for batch_size, multi_time, single_time in rows:
         ratio = multi_time / single_time
-        print(
-            f"{batch_size:>5} | {multi_time * 1e3:>17.2f} ms | "
-            f"{single_time * 1e3:>17.2f} ms | {ratio:>6.3f} | "
-            f"{'yes' if ratio <= goal else 'no'}"
-        )
+        table.append({
+            "batch": batch_size,
+            "(a) 1 model, K heads": f"{multi_time * 1e3:.2f} ms",
+            "(b) K models, 1 head": f"{single_time * 1e3:.2f} ms",
+            "ratio": f"{ratio:.3f}",
+            "goal met": "yes" if ratio <= goal else "no",
+        })
+    print(format_table(
+        table, title=f"K = {args.heads}; goal: ratio (a)/(b) <= 1.2/K = {goal:.3f}"
+    ))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def get_optimizer(optimizer="adam", learning_rate=None):
     Example:
 
     >>> opt = mtk.training.get_optimizer("adam", learning_rate=1e-4)
-    >>> type(opt).__name__, float(opt.learning_rate)
+    >>> type(opt).__name__, round(float(opt.learning_rate), 8)
     ('Adam', 0.0001)
     """
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):

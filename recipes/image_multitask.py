@@ -74,28 +74,20 @@ def parse_args(argv=None):
                         help="cats_and_cars: images are resized to this square")
     parser.add_argument("--max-examples", type=int, default=None,
                         help="cats_and_cars: cap on mixed training examples")
-    parser.add_argument("--frozen-epochs", type=int, default=2)
-    parser.add_argument("--finetune-epochs", type=int, default=2)
+    common.add_schedule_arguments(parser, frozen_epochs=2, finetune_epochs=2,
+                                  batch_size=64, learning_rate=3e-3,
+                                  finetune_learning_rate=1e-4)
     parser.add_argument("--unfreeze", default="all",
                         help='what fine-tuning unfreezes: "all", "top:N", "from:<layer>"')
     parser.add_argument(
         "--loss-weighting", default="static", choices=mtk.weighting.METHODS,
         help="how the task losses are weighted (see mtk.weighting); dynamic "
         "methods add loss_weights.png")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=3e-3,
-                        help="phase 1 (trunk frozen: heads only)")
-    parser.add_argument("--finetune-learning-rate", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
     args = parser.parse_args(argv)
-    for name in ("train_size", "test_size", "source_examples", "source_epochs",
-                 "batch_size", "image_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("frozen_epochs", "finetune_epochs"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0")
+    common.require_at_least(parser, args, 1, (
+        "train_size", "test_size", "source_examples", "source_epochs",
+        "batch_size", "image_size"))
+    common.require_at_least(parser, args, 0, ("frozen_epochs", "finetune_epochs"))
     return args
 
 
@@ -104,7 +96,7 @@ def multi_fashion(args, progress):
     out = pathlib.Path(args.output_dir)
     progress(f"Pretraining the trunk on Fashion-MNIST classification "
              f"({args.source_examples} images, {args.source_epochs} epochs)")
-    trunk, seconds, accuracy = common.pretrain_fashion_trunk(
+    trunk, seconds, accuracy = mtk.data.pretrain_fashion_trunk(
         out / "source_trunk.keras", examples=args.source_examples,
         epochs=args.source_epochs, seed=args.seed,
         data_dir=args.fashion_mnist_dir, verbose=args.verbose)
@@ -112,11 +104,11 @@ def multi_fashion(args, progress):
 
     progress(f"Building MultiFashion ({args.train_size} train / {args.test_size} "
              "test canvases) with TFDS from the local Fashion-MNIST files")
-    heads = common.multi_fashion_heads()
+    heads = mtk.data.multi_fashion_heads()
     config = MultiFashionConfig(name=f"n{args.train_size}x{args.test_size}",
                                 train_size=args.train_size, test_size=args.test_size)
     kwargs = {
-        "tasks": {"left": "label_left", "right": "label_right"},
+        "tasks": mtk.data.multi_fashion.TASKS,
         "heads": heads,
         "data_dir": args.tfds_dir,
         "batch_size": args.batch_size,
@@ -130,7 +122,7 @@ def multi_fashion(args, progress):
                       cache=True, **kwargs)
     test = from_tfds("multi_fashion", "test", cache=True, **kwargs)
     model = mtk.build_multitask_model(
-        trunk, heads=heads, trunk_output=common.TRUNK_OUTPUT,
+        trunk, heads=heads, trunk_output=mtk.data.fashion_trunk.TRUNK_OUTPUT,
         learning_rate=args.learning_rate, loss_weighting=args.loss_weighting)
     return model, train, test
 

@@ -33,10 +33,9 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 import mtk  # noqa: E402
 from mtk import tuning  # noqa: E402
-from mtk.data import FASHION_MNIST_CLASS_NAMES  # noqa: E402
 from mtk.data import from_tfds  # noqa: E402
-
-TASKS = {"left": "label_left", "right": "label_right"}
+from mtk.data import multi_fashion_heads  # noqa: E402
+from mtk.data.multi_fashion import TASKS  # noqa: E402
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
@@ -91,15 +90,6 @@ def parse_args(argv=None):
     return args
 
 
-def make_heads():
-    return [
-        mtk.heads.Classification(
-            name, num_classes=10, class_names=list(FASHION_MNIST_CLASS_NAMES)
-        )
-        for name in TASKS
-    ]
-
-
 def cnn_trunk():
     inputs = keras.Input((36, 36, 1))
     x = keras.layers.Rescaling(1 / 255)(inputs)
@@ -116,7 +106,7 @@ def main(argv=None):
     tfds.disable_progress_bar()
     name = f"multi_fashion/{args.config}"
     n_train, n_val = args.train_examples, args.val_examples
-    common = dict(tasks=TASKS, heads=make_heads(), data_dir=args.data_dir,
+    common = dict(tasks=TASKS, heads=multi_fashion_heads(), data_dir=args.data_dir,
                   batch_size=args.batch_size, seed=args.seed)
     train_ds = from_tfds(name, split=f"train[:{n_train}]", shuffle=True,
                          cache=True, **common)
@@ -127,7 +117,7 @@ def main(argv=None):
     def make_model():
         keras.utils.set_random_seed(args.seed)
         return mtk.build_multitask_model(
-            cnn_trunk(), heads=make_heads(), trunk_weights=None,
+            cnn_trunk(), heads=multi_fashion_heads(), trunk_weights=None,
             freeze_trunk=args.finetune_epochs > 0, compile=False,
         )
 

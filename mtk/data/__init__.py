@@ -5,25 +5,36 @@
   labels a source lacks get the missing-label sentinel.
 - `load_fashion_mnist`: Fashion-MNIST from local files, offline.
 - `MultiFashion`: the MultiFashion benchmark as a TFDS builder, registered as
-  ``"multi_fashion"`` on import.
+  ``"multi_fashion"`` on import; `load_multi_fashion` returns a variant of
+  any size as numpy arrays, `multi_fashion_heads` its heads.
+- `pretrain_fashion_trunk` / `fashion_cnn`: an offline "pretrained trunk"
+  (a small CNN that learned Fashion-MNIST), for transfer without downloads.
 """
 
 from mtk.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASS_NAMES
 from mtk.data.fashion_mnist import load_fashion_mnist
+from mtk.data.fashion_trunk import fashion_cnn
+from mtk.data.fashion_trunk import pretrain_fashion_trunk
 from mtk.data.labels import label_spec
 from mtk.data.labels import missing_label
 from mtk.data.mixing import mix
 from mtk.data.multi_fashion import MultiFashion
 from mtk.data.multi_fashion import MultiFashionConfig
+from mtk.data.multi_fashion import load_multi_fashion
+from mtk.data.multi_fashion import multi_fashion_heads
 from mtk.data.tfds_pipeline import from_tfds
 
 __all__ = [
     "FASHION_MNIST_CLASS_NAMES",
     "MultiFashion",
     "MultiFashionConfig",
+    "fashion_cnn",
     "from_tfds",
     "label_spec",
     "load_fashion_mnist",
+    "load_multi_fashion",
     "missing_label",
     "mix",
+    "multi_fashion_heads",
+    "pretrain_fashion_trunk",
 ]

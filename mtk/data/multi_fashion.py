@@ -11,6 +11,10 @@ Importing this module registers the builder as ``"multi_fashion"``, so
 ``tfds.load("multi_fashion", data_dir=...)`` and ``tfds.builder`` find it.
 It is built from the local Fashion-MNIST files (see `mtk.data.fashion_mnist`)
 and never downloads.
+
+`load_multi_fashion` builds a variant of any size and returns it as numpy
+arrays; `multi_fashion_heads` gives the matching heads (`TASKS` maps them to
+the dataset's label features).
 """
 
 import dataclasses
@@ -19,11 +23,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mtk.data import fashion_mnist
+from mtk.heads import Classification
 
 CANVAS_SIZE = 36
 # Top-left corner of each 28x28 item on the canvas.
 LEFT_OFFSET = (0, 0)
 RIGHT_OFFSET = (CANVAS_SIZE - 28, CANVAS_SIZE - 28)
+# Head name -> the dataset's label feature (``tasks=`` of `mtk.data.from_tfds`).
+TASKS = {"left": "label_left", "right": "label_right"}
 
 _CITATION = """\
 @inproceedings{sener2018multi,
@@ -227,3 +234,57 @@ def _manual_dir(dl_manager):
         return dl_manager.manual_dir
     except AssertionError:
         return None
+
+
+def multi_fashion_heads(names=tuple(TASKS)):
+    """One 10-class head per item position, named after `TASKS`.
+
+    Example:
+
+    >>> [(h.name, h.num_classes) for h in mtk.data.multi_fashion_heads()]
+    [('left', 10), ('right', 10)]
+    """
+    return [
+        Classification(
+            name, num_classes=10, class_names=list(fashion_mnist.CLASS_NAMES)
+        )
+        for name in names
+    ]
+
+
+def load_multi_fashion(train_size, test_size, data_dir=None, manual_dir=None):
+    """MultiFashion as numpy arrays, built once into ``data_dir`` by TFDS.
+
+    Args:
+        train_size: training canvases.
+        test_size: test canvases.
+        data_dir: TFDS data directory to build into / read from (None:
+            TFDS's default).
+        manual_dir: directory with the Fashion-MNIST files (else the places
+            `mtk.data.load_fashion_mnist` searches).
+
+    Returns:
+        ``{"train": (images, {"left": ids, "right": ids}), "test": ...}``
+        with float32 images (N, 36, 36, 1), pixels 0-255, and int64 class
+        ids: what ``model.fit(x, y)`` takes for `multi_fashion_heads`.
+    """
+    config = MultiFashionConfig(
+        name=f"n{train_size}x{test_size}", train_size=train_size,
+        test_size=test_size,
+    )
+    builder = tfds.builder(
+        "multi_fashion", config=config,
+        data_dir=None if data_dir is None else str(data_dir),
+    )
+    download_config = None
+    if manual_dir is not None:
+        download_config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+    builder.download_and_prepare(download_config=download_config)
+    splits = {}
+    for split in ("train", "test"):
+        data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+        splits[split] = (
+            data["image"].astype("float32"),
+            {head: data[feature].astype("int64") for head, feature in TASKS.items()},
+        )
+    return splits

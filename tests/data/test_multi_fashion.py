@@ -5,6 +5,8 @@ import tensorflow_datasets as tfds
 from mtk.data import fashion_mnist
 from mtk.data.multi_fashion import MultiFashion
 from mtk.data.multi_fashion import MultiFashionConfig
+from mtk.data.multi_fashion import load_multi_fashion
+from mtk.data.multi_fashion import multi_fashion_heads
 from mtk.data.multi_fashion import overlay
 from mtk.data.multi_fashion import pair_indices
 
@@ -126,3 +128,23 @@ def test_missing_source_files_say_where_to_put_them(tmp_path):
     assert "apt-get install dataset-fashion-mnist" in message
     assert fashion_mnist.DEBIAN_DIR in message
     assert str(tmp_path / "downloads" / "manual") in message
+
+
+def test_load_multi_fashion_arrays_match_the_tfds_examples(tmp_path, fashion_files):
+    directory, arrays = fashion_files
+    splits = load_multi_fashion(10, 6, data_dir=tmp_path, manual_dir=directory)
+    builder = tfds.builder(
+        "multi_fashion", data_dir=str(tmp_path),
+        config=MultiFashionConfig(name="n10x6", train_size=10, test_size=6),
+    )
+    for split, size in (("train", 10), ("test", 6)):
+        images, labels = splits[split]
+        assert images.shape == (size, 36, 36, 1) and images.dtype == np.float32
+        assert sorted(labels) == ["left", "right"]
+        found = examples(builder, split)
+        np.testing.assert_array_equal(images, [e["image"] for e in found])
+        np.testing.assert_array_equal(labels["left"], [e["label_left"] for e in found])
+        np.testing.assert_array_equal(labels["right"], [e["label_right"] for e in found])
+        assert labels["left"].dtype == np.int64
+    # The label ids are those of the source items: 10 classes, the heads' size.
+    assert [h.name for h in multi_fashion_heads()] == list(splits["train"][1])
