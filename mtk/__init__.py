@@ -10,6 +10,7 @@ from mtk import evaluation
 from mtk import export
 from mtk import heads
 from mtk import losses
+from mtk import model
 from mtk import preprocessing
 from mtk import trunks
 from mtk import tuning
@@ -18,6 +19,7 @@ from mtk.builder import build_multitask_model
 from mtk.builder import compile_multitask
 from mtk.export import export_saved_model
 from mtk.export import export_tflite
+from mtk.model import MultiTaskModel
 from mtk.training import check_training_data
 from mtk.training import fit_transfer
 from mtk.training import freeze_trunk

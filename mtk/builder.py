@@ -1,16 +1,17 @@
 """`build_multitask_model`: a pretrained trunk with named heads, compiled."""
 
 import contextlib
-import numbers
 
 import keras
 
 from mtk.distribute import check_strategy
-from mtk.heads import Head
+from mtk.heads import check_head_dict
 from mtk.heads import heads_of
-from mtk.trunks import TRUNK_NAME
-from mtk.trunks import build_trunk
-from mtk.weighting import MultiTaskModel
+from mtk.model import MultiTaskModel
+from mtk.model import check_heads
+from mtk.model import check_loss_weights
+from mtk.training import get_optimizer
+from mtk.trunks import resolve_trunk
 from mtk.weighting import get_loss_weighting
 
 
@@ -68,13 +69,13 @@ def build_multitask_model(
             ``"static"`` (the ``loss_weights`` dict), ``"uncertainty"``,
             ``"dwa"``, ``"gradnorm"``, ``"pcgrad"``, or an
             `mtk.weighting.LossWeighting` object for its parameters (see
-            `mtk.weighting`). Non-static methods return an
-            `mtk.weighting.MultiTaskModel`.
+            `mtk.weighting`). ``loss_weights`` belong to ``"static"``; other
+            methods set the weights themselves and refuse them.
         **compile_kwargs: passed to `keras.Model.compile` (e.g.
             ``jit_compile``, ``steps_per_execution``).
 
     Returns:
-        A `keras.Model`.
+        An `mtk.MultiTaskModel` (a functional `keras.Model`).
 
     Example:
 
@@ -86,35 +87,39 @@ def build_multitask_model(
     >>> sorted(model.output_names)
     ['is_footwear', 'item']
     """
-    heads = _check_heads(heads)
+    heads = check_heads(heads)
     weighting = get_loss_weighting(loss_weighting)
-    if weighting is not None:
-        weighting.check_heads([head.name for head in heads])
+    names = [head.name for head in heads]
+    weighting.check_heads(names)
     if compile:
         # Fail on bad compile arguments before the (slow) trunk is built.
-        _check_loss_weights(loss_weights, heads)
-        _check_metrics(metrics, heads)
+        check_loss_weights(loss_weights, names, weighting)
+        if metrics is not None:
+            check_head_dict("metrics", metrics, names)
     if strategy is not None:
         check_strategy(strategy)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         if strategy is not None and isinstance(trunk, keras.Model):
             trunk = _copy_into_scope(trunk, strategy)
-        inputs, features = build_trunk(
+        parts = resolve_trunk(
             trunk,
             input_shape=input_shape,
             trunk_weights=trunk_weights,
             trunk_output=trunk_output,
             sequence_length=sequence_length,
         )
-        outputs = {head.name: head(features) for head in heads}
-        if weighting is None:
-            model = keras.Model(inputs, outputs, name=name)
-        else:
-            model = MultiTaskModel(
-                inputs, outputs, name=name, loss_weighting=weighting
-            )
-    model.get_layer(TRUNK_NAME).trainable = not freeze_trunk
+        model = MultiTaskModel(
+            parts.trunk,
+            heads,
+            input_shape=parts.input_shape,
+            input_dtype=parts.input_dtype,
+            input_name=parts.input_name,
+            preprocessing=parts.preprocessing,
+            loss_weighting=weighting,
+            name=name,
+        )
+    model.trunk.trainable = not freeze_trunk
     if compile:
         compile_multitask(
             model,
@@ -168,91 +173,25 @@ def compile_multitask(
     >>> model.compiled
     True
     """
+    if not isinstance(model, MultiTaskModel):
+        raise TypeError(
+            "compile_multitask compiles an mtk.MultiTaskModel (from "
+            f"mtk.build_multitask_model); got {type(model).__name__}."
+        )
     heads = heads_of(model)
-    head_list = list(heads.values())
-    _check_loss_weights(loss_weights, head_list)
-    _check_metrics(metrics, head_list)
-    weights = {name: 1.0 for name in heads}
-    weights.update(loss_weights or {})
+    if metrics is not None:
+        check_head_dict("metrics", metrics, list(heads))
+    if isinstance(optimizer, (str, dict)):
+        optimizer = get_optimizer(optimizer, learning_rate)
     # The optimizer's and metrics' variables belong to the strategy the model
     # was built under (the default strategy when there is none).
     with model.distribute_strategy.scope():
-        if isinstance(optimizer, str):
-            optimizer = keras.optimizers.get(
-                {"class_name": optimizer, "config": {"learning_rate": learning_rate}}
-            )
         model.compile(
             optimizer=optimizer,
-            loss={name: head.get_loss() for name, head in heads.items()},
-            loss_weights=weights,
+            loss_weights=loss_weights,
             metrics={
                 name: head.get_metrics(extra=(metrics or {}).get(name, ()))
                 for name, head in heads.items()
             },
             **compile_kwargs,
         )
-
-
-def _check_heads(heads):
-    if isinstance(heads, Head):
-        heads = [heads]
-    heads = list(heads)
-    if not heads:
-        raise ValueError("heads is empty; give at least one mtk.heads.Head.")
-    names = []
-    for head in heads:
-        if not isinstance(head, Head):
-            raise TypeError(
-                "heads must be mtk.heads.Head objects (Classification, Binary, "
-                f"MultiLabel, Regression); got {head!r}."
-            )
-        if head.name in names:
-            raise ValueError(
-                f"Head name {head.name!r} is used twice; head names must be "
-                "distinct."
-            )
-        if head.built:
-            raise ValueError(
-                f"Head {head.name!r} already belongs to a model; create a new "
-                "head object for each model."
-            )
-        names.append(head.name)
-    return heads
-
-
-def _check_loss_weights(loss_weights, heads):
-    if loss_weights is None:
-        return
-    names = [head.name for head in heads]
-    if not isinstance(loss_weights, dict):
-        raise TypeError(
-            "loss_weights must be a dict keyed by head name "
-            f"({names}), got {type(loss_weights).__name__}."
-        )
-    for key, weight in loss_weights.items():
-        if key not in names:
-            raise ValueError(
-                f"loss_weights names head {key!r}, which the model lacks; "
-                f"heads are {names}."
-            )
-        if not isinstance(weight, numbers.Real) or weight < 0:
-            raise ValueError(
-                f"loss_weights[{key!r}] must be a number >= 0, got {weight!r}."
-            )
-
-
-def _check_metrics(metrics, heads):
-    if metrics is None:
-        return
-    names = [head.name for head in heads]
-    if not isinstance(metrics, dict):
-        raise TypeError(
-            f"metrics must be a dict keyed by head name ({names}), got "
-            f"{type(metrics).__name__}."
-        )
-    for key in metrics:
-        if key not in names:
-            raise ValueError(
-                f"metrics names head {key!r}, which the model lacks; heads "
-                f"are {names}."
-            )

@@ -13,6 +13,7 @@ batch happens to hold few labelled examples.
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 MISSING_CLASS_ID = -1
@@ -76,9 +77,54 @@ def split_missing(y_true, y_pred, label_kind):
     return clean, ops.cast(present, y_pred.dtype)
 
 
+def masked_sum_and_count(loss, label_kind, y_true, y_pred, sample_weight=None):
+    """A batch's summed loss over present labels, and how many are present.
+
+    The parts of a masked mean: a head's loss is ``sum / count``. Kept apart so
+    that a training step under tf.distribute can add the counts of all
+    replicas and divide by the **global** number of labels.
+
+    Args:
+        loss: name of the element-wise loss (see `MaskedLoss`).
+        label_kind: ``"class_id"`` or ``"float"``.
+        y_true: labels, possibly with sentinels.
+        y_pred: the head's predictions.
+        sample_weight: optional per-example weights; they scale each
+            example's loss, not the count.
+
+    Returns:
+        ``(sum, count)``: float32 scalars.
+
+    Example:
+
+    >>> total, count = mtk.losses.masked_sum_and_count(
+    ...     "mean_squared_error", "float", [[1.0], [float("nan")]], [[3.0], [0.0]])
+    >>> float(total), float(count)
+    (4.0, 1.0)
+    """
+    y_pred = ops.cast(ops.convert_to_tensor(y_pred), "float32")
+    clean, present = split_missing(y_true, y_pred, label_kind)
+    values = ops.cast(_ELEMENTWISE_LOSSES[loss](clean, y_pred), "float32")
+    weighted = values * present
+    if sample_weight is not None:
+        sample_weight = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+        # One weight per example, applied to each of its label entries.
+        sample_weight = ops.reshape(
+            sample_weight, (-1,) + (1,) * (len(weighted.shape) - 1)
+        )
+        weighted = weighted * sample_weight
+    return ops.sum(weighted), ops.sum(present)
+
+
 @keras.saving.register_keras_serializable(package="mtk")
 class MaskedLoss(keras.losses.Loss):
     """A loss that ignores labels marked missing.
+
+    Its value is the mean over the labels present in the batch (sample
+    weights scale each example's term). `mtk.MultiTaskModel` uses the same
+    sum and count (`masked_sum_and_count`), with the count taken over the
+    global batch under tf.distribute; on its own this object works in any
+    Keras model.
 
     Args:
         loss: name of the element-wise loss, one of
@@ -104,15 +150,22 @@ class MaskedLoss(keras.losses.Loss):
         self.loss = loss
         self.label_kind = label_kind
 
+    def sum_and_count(self, y_true, y_pred, sample_weight=None):
+        """``(sum, count)`` of this loss over present labels."""
+        return masked_sum_and_count(
+            self.loss, self.label_kind, y_true, y_pred, sample_weight
+        )
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        total, count = self.sum_and_count(y_true, y_pred, sample_weight)
+        mean = total / ops.maximum(count, 1.0)
+        # Keras sums the replicas' gradients: each replica's loss is its share.
+        return mean / tf.distribute.get_strategy().num_replicas_in_sync
+
     def call(self, y_true, y_pred):
-        y_pred = ops.convert_to_tensor(y_pred)
+        # Per-entry values for code that calls `call` directly (unreduced).
         clean, present = split_missing(y_true, y_pred, self.label_kind)
-        values = _ELEMENTWISE_LOSSES[self.loss](clean, y_pred) * present
-        # The default reduction divides the sum by the number of entries;
-        # rescale so the result is the mean over present labels only.
-        total = ops.cast(ops.size(present), values.dtype)
-        count = ops.maximum(ops.sum(present), 1.0)
-        return values * (total / count)
+        return _ELEMENTWISE_LOSSES[self.loss](clean, y_pred) * present
 
     def get_config(self):
         config = super().get_config()

@@ -24,6 +24,7 @@ images or strings.
 - a path to a local weights file (``.weights.h5``) to load into the trunk.
 """
 
+import dataclasses
 import os
 
 import keras
@@ -87,14 +88,68 @@ class Trunk(keras.Model):
         return trunk
 
 
-def build_trunk(
+@dataclasses.dataclass
+class TrunkParts:
+    """A resolved trunk: what a model puts between its input and its heads.
+
+    Attributes:
+        trunk: the pretrained network, a `Trunk` named ``"trunk"``.
+        input_shape: the model input's per-example shape.
+        input_dtype: the model input's dtype (``"string"`` for text).
+        input_name: the model input's name (``"image"``, ``"text"`` or
+            ``"inputs"``): the serving signature's input key.
+        preprocessing: the layer between the raw input and the trunk, or None.
+    """
+
+    trunk: keras.Model
+    input_shape: tuple
+    input_dtype: str
+    input_name: str
+    preprocessing: keras.layers.Layer = None
+
+
+def trunk_features(parts):
+    """Connects a resolved trunk: input -> preprocessing -> trunk -> pooling.
+
+    Args:
+        parts: a `TrunkParts`.
+
+    Returns:
+        ``(inputs, features)``: the input tensor and the pooled
+        ``(batch, dim)`` features every head reads.
+    """
+    inputs = keras.Input(
+        shape=tuple(parts.input_shape), dtype=parts.input_dtype,
+        name=parts.input_name,
+    )
+    x = inputs if parts.preprocessing is None else parts.preprocessing(inputs)
+    # Text preprocessing returns token ids with their padding mask: pool
+    # over real tokens only (the sentence embedding of sentence-transformers).
+    mask = x.get("padding_mask") if isinstance(x, dict) else None
+    return inputs, _pool(parts.trunk(x), mask)
+
+
+def build_trunk(*args, **kwargs):
+    """The input and pooled features of a trunk (see `resolve_trunk`).
+
+    Example:
+
+    >>> inputs, features = mtk.trunks.build_trunk(
+    ...     "mobilenet_v3_small", input_shape=(32, 32, 3), trunk_weights=None)
+    >>> features.shape
+    (None, 576)
+    """
+    return trunk_features(resolve_trunk(*args, **kwargs))
+
+
+def resolve_trunk(
     trunk,
     input_shape=None,
     trunk_weights="pretrained",
     trunk_output=None,
     sequence_length=None,
 ):
-    """Builds the shared part of a multi-task model.
+    """Resolves ``trunk=`` into the parts of a multi-task model's shared part.
 
     Args:
         trunk: see the module docstring.
@@ -106,15 +161,14 @@ def build_trunk(
         sequence_length: for text trunks, the token sequence length.
 
     Returns:
-        ``(inputs, features)``: the model's input tensor and the pooled
-        ``(batch, dim)`` features.
+        A `TrunkParts`.
 
     Example:
 
-    >>> inputs, features = mtk.trunks.build_trunk(
+    >>> parts = mtk.trunks.resolve_trunk(
     ...     "mobilenet_v3_small", input_shape=(32, 32, 3), trunk_weights=None)
-    >>> features.shape
-    (None, 576)
+    >>> parts.trunk.name, parts.input_name
+    ('trunk', 'image')
     """
     _check_weights_argument(trunk_weights)
     if trunk_output is not None and not (
@@ -171,13 +225,15 @@ def _check_weights_argument(trunk_weights):
         )
 
 
-def _pool(features):
+def _pool(features, mask=None):
     """Pools a feature map to one vector per example."""
     rank = len(features.shape)
     if rank == 2:
         return features
     if rank == 3:
-        return keras.layers.GlobalAveragePooling1D(name=POOLING_NAME)(features)
+        return keras.layers.GlobalAveragePooling1D(name=POOLING_NAME)(
+            features, mask=mask
+        )
     if rank == 4:
         return keras.layers.GlobalAveragePooling2D(name=POOLING_NAME)(features)
     raise ValueError(
@@ -224,9 +280,10 @@ def _application_trunk(name, input_shape, trunk_weights):
     trunk = Trunk(network.inputs, network.outputs[0], name=TRUNK_NAME)
     if _weights_file(trunk_weights):
         trunk.load_weights(_weights_file(trunk_weights))
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = ApplicationPreprocessing(module, name="preprocessing")(inputs)
-    return inputs, _pool(trunk(x))
+    return TrunkParts(
+        trunk, input_shape, "float32", "image",
+        ApplicationPreprocessing(module, name="preprocessing"),
+    )
 
 
 def _model_trunk(model, input_shape, trunk_weights, trunk_output):
@@ -266,8 +323,7 @@ def _model_trunk(model, input_shape, trunk_weights, trunk_output):
             f"{model.name!r}, which takes {model_shape}."
         )
     shape = tuple(input_shape) if input_shape is not None else model_shape
-    inputs = keras.Input(shape=shape, dtype=model.inputs[0].dtype, name="inputs")
-    return inputs, _pool(trunk(inputs))
+    return TrunkParts(trunk, shape, model.inputs[0].dtype, "inputs")
 
 
 def _shapes_compatible(given, expected):
@@ -308,11 +364,7 @@ def _keras_hub_text_trunk(preset, trunk_weights, sequence_length):
     trunk = Trunk(
         backbone.input, backbone.output["sequence_output"], name=TRUNK_NAME
     )
-    inputs = keras.Input(shape=(), dtype="string", name="text")
-    tokens = TextPreprocessing(preprocessor, name="preprocessing")(inputs)
-    sequence = trunk(tokens)
-    # Mean over real tokens: the sentence embedding of sentence-transformers.
-    features = keras.layers.GlobalAveragePooling1D(name=POOLING_NAME)(
-        sequence, mask=tokens["padding_mask"]
+    return TrunkParts(
+        trunk, (), "string", "text",
+        TextPreprocessing(preprocessor, name="preprocessing"),
     )
-    return inputs, features

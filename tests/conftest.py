@@ -66,18 +66,6 @@ def as_dataset(x, y, batch_size=8):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
 
 
-def assert_save_load_roundtrip(model, x, path):
-    """Saves to .keras, loads with safe_mode, and checks equal predictions."""
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    expected = model.predict(x, verbose=0)
-    got = loaded.predict(x, verbose=0)
-    assert sorted(got) == sorted(expected)
-    for name in expected:
-        np.testing.assert_allclose(got[name], expected[name], atol=1e-5)
-    return loaded
-
-
 @pytest.fixture
 def tiny_model():
     """A mobilenet_v3_small model (random init) with the four head kinds."""

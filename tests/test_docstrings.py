@@ -27,6 +27,7 @@ MODULES = [
     "mtk.export",
     "mtk.losses",
     "mtk.heads",
+    "mtk.model",
     "mtk.preprocessing",
     "mtk.trunks",
     "mtk.builder",
@@ -36,6 +37,9 @@ MODULES = [
     "mtk.tuning.tune",
     "mtk.tuning.tuners",
     "mtk.weighting",
+    "mtk.weighting.base",
+    "mtk.weighting.gradient_level",
+    "mtk.weighting.loss_level",
 ]
 
 

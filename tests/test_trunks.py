@@ -5,7 +5,7 @@ import tensorflow as tf
 
 import mtk
 from conftest import IMAGE_SHAPE
-from conftest import assert_save_load_roundtrip
+from testing import run_model_saving_test
 from conftest import minilm_dir
 from conftest import small_cnn
 from mtk.preprocessing import ApplicationPreprocessing
@@ -130,7 +130,7 @@ def test_minilm_text_trunk_from_packaged_checkpoint(tmp_path):
     for unfreeze in (None, "top:2"):  # frozen, then partly unfrozen
         if unfreeze:
             mtk.unfreeze_trunk(model, unfreeze)
-        loaded = assert_save_load_roundtrip(model, text, str(tmp_path / "text.keras"))
+        loaded = run_model_saving_test(model, text, str(tmp_path / "text.keras"))
         # Trainable flags survive loading, down to the transformer blocks' sub-layers.
         assert len(loaded.trainable_weights) == len(model.trainable_weights)
 

@@ -1,0 +1,181 @@
+"""The contract every balancing method follows, and static weights.
+
+A method is a `LossWeighting` layer owned by `mtk.MultiTaskModel`
+(``model.loss_weighting``). It never sits in the model's call graph, so it is
+saved, backed up and restored with the model but never served. The model's
+one training step (`mtk.model`) hands it float32 per-head losses whose values
+are the masked means over the **global** batch (identical on every replica)
+and whose gradients are this replica's share, so a method may combine them in
+any differentiable way and stay exact under tf.distribute.
+
+- Loss-level methods implement `combine(losses)`: one backward pass.
+- Gradient-level methods set ``gradient_level = True`` and implement
+  `aggregate(task_gradients, losses)`: the step computes each task's
+  gradient of the shared (trunk) parameters, sums them over replicas, and
+  applies the method's aggregate.
+- Methods that watch gradients at the shared features (GradNorm) set
+  ``needs_feature_gradients = True`` and implement `observe_feature_gradients`.
+- Parameters a method learns by gradient (``learned_variables``) are trained by
+  the method's own optimizer at its own ``learning_rate``, independent of the
+  model's, so they keep adapting while the model fine-tunes at 1e-5.
+- `end_epoch(losses)` runs at the end of each training epoch (DWA).
+"""
+
+import math
+
+import keras
+from keras import ops
+
+
+class LossWeighting(keras.layers.Layer):
+    """Base class of the balancing methods.
+
+    Args:
+        learning_rate: learning rate of the method's own optimizer, for
+            methods with ``learned_variables``.
+        **kwargs: `keras.layers.Layer` arguments.
+    """
+
+    #: Registered method name (``loss_weighting="..."``).
+    method = None
+    #: Whether the method aggregates per-task gradients of shared parameters.
+    gradient_level = False
+    #: Whether the method needs per-task gradient norms at the shared features.
+    needs_feature_gradients = False
+    #: Whether compile-time ``loss_weights`` mean something to the method.
+    accepts_loss_weights = False
+    #: Default learning rate of the method's own optimizer (if it learns).
+    default_learning_rate = None
+    min_heads = 2
+
+    def __init__(self, learning_rate=None, **kwargs):
+        kwargs.setdefault("name", "loss_weighting")
+        super().__init__(**kwargs)
+        if learning_rate is None:
+            learning_rate = self.default_learning_rate
+        if learning_rate is not None:
+            check_positive(type(self).__name__, "learning_rate", learning_rate)
+        self.learning_rate = learning_rate
+        self.head_names = None
+        self.optimizer = None
+
+    # === Set-up (called by the model) ===
+    def check_heads(self, head_names):
+        """Raises if this method cannot weigh these heads."""
+        if len(head_names) < self.min_heads:
+            raise ValueError(
+                f"loss_weighting={self.method!r} balances several tasks; the "
+                f"model has {len(head_names)} head(s) ({list(head_names)}). "
+                "Use 'static' for a single head."
+            )
+
+    def setup(self, head_names):
+        """Creates the method's state for these heads, and its optimizer."""
+        head_names = list(head_names)
+        self.check_heads(head_names)
+        self.head_names = head_names
+        self.build_state(len(head_names))
+        if self.learned_variables:
+            self.optimizer = keras.optimizers.Adam(
+                self.learning_rate, name="loss_weighting_optimizer"
+            )
+            self.optimizer.build(self.learned_variables)
+        self.built = True
+
+    def build_state(self, num_heads):
+        """Creates state variables (override)."""
+
+    @property
+    def learned_variables(self):
+        """Variables the method learns by gradient with its own optimizer.
+
+        They are created with ``trainable=False`` so that the model's
+        optimizer (and ``model.trainable_weights``) leaves them alone.
+        """
+        return []
+
+    # === Per step ===
+    def current_weights(self):
+        """Dict ``{head: effective weight}`` (float32 tensors), logged as
+        ``<head>_loss_weight``; None for methods that log none."""
+        raise NotImplementedError
+
+    def combine(self, losses):
+        """The training objective from ``{head: float32 loss}``."""
+        weights = self.current_weights()
+        return ops.sum(
+            ops.stack([weights[name] * losses[name] for name in self.head_names])
+        )
+
+    def aggregate(self, task_gradients, losses):
+        """Gradient-level methods: ``(K, P)`` task gradients -> ``(P,)``."""
+        raise NotImplementedError
+
+    def observe_feature_gradients(self, losses, norms):
+        """Sees each task's gradient norm at the shared features, per step."""
+        raise NotImplementedError
+
+    def end_epoch(self, losses):
+        """Sees the epoch's mean training loss per head (Python floats)."""
+
+    def get_config(self):
+        config = super().get_config()
+        if self.learning_rate is not None:
+            config["learning_rate"] = self.learning_rate
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mtk")
+class StaticWeighting(LossWeighting):
+    """Fixed per-head weights: the compile-time ``loss_weights`` dict.
+
+    The default, and the honest baseline: tuned static weights match or beat
+    most dynamic methods in careful studies (Kurin et al. 2022; Xin et al.
+    2022). Tune them with `mtk.tuning`. Heads left out of ``loss_weights``
+    weigh 1.
+
+    Example:
+
+    >>> weighting = mtk.weighting.StaticWeighting()
+    >>> weighting.setup(["a", "b"])
+    >>> weighting.set_loss_weights({"a": 2.0})
+    >>> float(weighting.combine({"a": 1.0, "b": 3.0}))
+    5.0
+    """
+
+    method = "static"
+    accepts_loss_weights = True
+    min_heads = 1
+
+    def setup(self, head_names):
+        super().setup(head_names)
+        self.set_loss_weights(None)
+
+    def set_loss_weights(self, loss_weights):
+        """Sets the weights (``{head: weight}``; missing heads weigh 1)."""
+        loss_weights = loss_weights or {}
+        self.loss_weights = {
+            name: float(loss_weights.get(name, 1.0)) for name in self.head_names
+        }
+
+    def current_weights(self):
+        return {
+            name: ops.convert_to_tensor(weight, "float32")
+            for name, weight in self.loss_weights.items()
+        }
+
+
+def check_positive(owner, argument, value, allow_zero=False):
+    """Raises a ValueError unless ``value`` is a finite number > 0 (or >= 0)."""
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value >= 0 if allow_zero else value > 0)
+    )
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(
+            f"{owner}: {argument} must be a finite number {bound}, got "
+            f"{value!r}."
+        )
