@@ -33,6 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import tensorflow as tf
 
+from testing import use_logical_cpus
+
 KILLED_EXIT_CODE = 17
 IMAGE_SHAPE = (16, 16, 3)
 GLOBAL_BATCH = 16
@@ -41,9 +43,9 @@ FINETUNE_EPOCHS = 2
 
 
 def data(n=32, seed=0):
-    """Images and a label for every head (no missing labels: the masked loss
-    averages per replica, so only full labels make replicas and one device
-    agree exactly)."""
+    """Images and labels, missing unevenly across the halves of each batch
+    (the replicas' shares): the masked losses average over the global batch,
+    so replicas and one device still agree."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(0, 255, (n,) + IMAGE_SHAPE).astype("float32")
     y = {
@@ -51,6 +53,9 @@ def data(n=32, seed=0):
         "flag": rng.integers(0, 2, n).astype("float32"),
         "price": rng.normal(size=n).astype("float32"),
     }
+    y["item"][0:5] = -1
+    y["flag"][[9, 10, 11, 20]] = np.nan
+    y["price"][[16, 17, 18, 19, 20, 21]] = np.nan
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
@@ -187,10 +192,7 @@ def main(argv=None):
     if args.mode == "upstream":
         return fit_with_plain_multi_worker_strategy(prefix + ".error.txt")
     if args.mode == "mirrored":
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * 2
-        )
+        use_logical_cpus(2)
     import mtk.distribute
 
     callbacks = [epoch_logger(prefix + ".epochs.jsonl")]
