@@ -75,23 +75,18 @@ def parse_args(argv=None):
                         help='TFDS split to train on, e.g. "train[:10%%]"')
     parser.add_argument("--mock-examples", type=int, default=64,
                         help="--smoke: examples per mock split")
-    parser.add_argument("--frozen-epochs", type=int, default=2)
-    parser.add_argument("--finetune-epochs", type=int, default=3)
+    common.add_schedule_arguments(parser, frozen_epochs=2, finetune_epochs=3,
+                                  batch_size=32, learning_rate=1e-3,
+                                  finetune_learning_rate=1e-5)
     parser.add_argument("--unfreeze", default="top:20",
                         help='what fine-tuning unfreezes: "all", "top:N", "from:<layer>"')
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--finetune-learning-rate", type=float, default=1e-5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
     args = parser.parse_args(argv)
     if args.trunk is None:
         args.trunk = "mobilenet_v3_small" if args.smoke else "efficientnet_b0"
     if args.image_size is None:
         args.image_size = 64 if args.smoke else 160
-    for name in ("image_size", "batch_size", "mock_examples"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    common.require_at_least(parser, args, 1, ("image_size", "batch_size", "mock_examples"))
+    common.require_at_least(parser, args, 0, ("frozen_epochs", "finetune_epochs"))
     return args
 
 

