@@ -243,7 +243,7 @@ class MultiTaskModel(keras.Model):
         # for methods that need gradients there. Not tracked: its layers are
         # this model's.
         features_model = None
-        if weighting.needs_feature_gradients:
+        if weighting.needs_feature_gradients or getattr(weighting, "rep_grad", False):
             view = dict(outputs)
             view[_FEATURES_KEY] = self._shared_features(
                 features, getattr(weighting, "shared_layer", None)
@@ -441,15 +441,16 @@ class MultiTaskModel(keras.Model):
         gradients = tape.gradient(scaled, direct + [v.value for v in learned])
         by_variable = dict(zip(map(id, direct), gradients[:len(direct)]))
         if shared:
-            task_gradients = replica_sum(ops.stack([
-                _flatten(tape.gradient(losses[name], shared, output_gradients=scale),
-                         shared)
-                for name in weighting.head_names
-            ])) / scale
-            # The aggregate is the global gradient; the optimizer sums replicas.
-            combined = weighting.aggregate(task_gradients, ops.stop_gradient(values))
-            combined = combined * scale / _num_replicas()
-            by_variable.update(zip(map(id, shared), _unflatten(combined, shared)))
+            shared_gradients = self._shared_gradients(
+                tape, losses, values, features, shared, scale)
+            if self.losses:  # regularisers of trunk layers still apply
+                shared_gradients = [
+                    g if r is None else g + ops.cast(r, g.dtype)
+                    for g, r in zip(shared_gradients, tape.gradient(
+                        regularization, shared,
+                        output_gradients=scale / _num_replicas()))
+                ]
+            by_variable.update(zip(map(id, shared), shared_gradients))
         del tape
         if variables:
             self.optimizer.apply_gradients(
@@ -470,6 +471,40 @@ class MultiTaskModel(keras.Model):
             for name, tracker in zip(self.heads, self._loss_weight_trackers):
                 tracker.update_state(weights[name])
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _shared_gradients(self, tape, losses, values, features, shared, scale):
+        """Gradient-level methods: the trunk's gradients along ``G^T w``.
+
+        Task gradients are taken of the scaled losses (no float16
+        underflow) and unscaled in float32 before the method sees them.
+        """
+        weighting = self.loss_weighting
+        names = weighting.head_names
+        if weighting.rep_grad:
+            # Gradients at the shared features: one row per task, each
+            # replica holding its own examples' part.
+            rows = [
+                ops.cast(tape.gradient(losses[n], features, output_gradients=scale),
+                         "float32") / scale
+                for n in names
+            ]
+            flat = ops.stack([ops.reshape(r, (-1,)) for r in rows])
+            gramian = replica_sum(ops.matmul(flat, ops.transpose(flat)))
+            weights = weighting.shared_direction(gramian, ops.stop_gradient(values))
+            direction = ops.sum(
+                ops.stack([w * r for w, r in zip(ops.unstack(weights), rows)]), axis=0)
+            return tape.gradient(
+                features, shared,
+                output_gradients=ops.cast(direction * scale, features.dtype))
+        task_gradients = replica_sum(ops.stack([
+            _flatten(tape.gradient(losses[n], shared, output_gradients=scale), shared)
+            for n in names
+        ])) / scale
+        gramian = ops.matmul(task_gradients, ops.transpose(task_gradients))
+        weights = weighting.shared_direction(gramian, ops.stop_gradient(values))
+        # G^T w is the global gradient; the optimizer sums the replicas'.
+        direction = ops.matmul(weights[None, :], task_gradients)[0]
+        return _unflatten(direction * scale / _num_replicas(), shared)
 
     def _shared_variables(self, variables):
         trunk_ids = {id(v) for v in self.trunk.trainable_weights}

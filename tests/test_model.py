@@ -190,6 +190,7 @@ def data():
     return x, y
 
 def step(method, strategy):
+    method = method() if callable(method) else method
     keras.utils.set_random_seed(0)
     with strategy.scope():
         trunk = keras.Sequential(
@@ -206,9 +207,11 @@ def step(method, strategy):
     return {"logs": {k: v[0] for k, v in logs.items()}, "update": update}
 
 mirrored = mtk.distribute.get_strategy("mirrored", devices=["/cpu:0", "/cpu:1"], verbose=False)
-report({method: {"one": step(method, tf.distribute.get_strategy()),
-                 "two": step(method, mirrored)}
-        for method in mtk.weighting.METHODS})
+methods = {m: m for m in mtk.weighting.METHODS}
+methods["pcgrad_rep"] = lambda: mtk.weighting.PCGrad(rep_grad=True)
+report({name: {"one": step(method, tf.distribute.get_strategy()),
+               "two": step(method, mirrored)}
+        for name, method in methods.items()})
 """
 
 

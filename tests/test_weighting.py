@@ -199,3 +199,47 @@ def test_a_weighting_object_serves_one_model():
     _regression_model(weighting)
     with pytest.raises(ValueError, match="already belongs to a model"):
         _regression_model(weighting)
+
+
+def test_pcgrad_coefficients_reproduce_the_projection():
+    g = tf.random.stateless_normal((4, 7), seed=(3, 4))
+    coefficients = mtk.weighting.gradient_level.pcgrad_coefficients(
+        tf.matmul(g, g, transpose_b=True), shuffle=False)
+    # The reference: Algorithm 1 on explicit vectors, in task order.
+    expected = []
+    for i in range(4):
+        gi = g.numpy()[i].copy()
+        for j in range(4):
+            gj = g.numpy()[j]
+            if j != i and gi @ gj < 0:
+                gi -= (gi @ gj) / (gj @ gj) * gj
+        expected.append(gi)
+    np.testing.assert_allclose(coefficients.numpy() @ g.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_rep_grad_moves_the_trunk_along_the_features_direction():
+    x, y = _regression_data(n=64)
+    y["t1"] = -y["t0"]  # conflicting tasks
+    keras.utils.set_random_seed(0)
+    trunk = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu")])
+    model = mtk.build_multitask_model(
+        trunk, heads=[mtk.heads.Regression("t0"), mtk.heads.Regression("t1")],
+        freeze_trunk=False, loss_weighting=mtk.weighting.PCGrad(rep_grad=True, shuffle=False),
+        optimizer=keras.optimizers.SGD(0.1))
+    shared = model.get_layer("trunk").trainable_weights
+    before = [v.numpy().copy() for v in shared]
+    heads = mtk.heads.heads_of(model)
+    with tf.GradientTape(persistent=True) as tape:
+        features = trunk(x)
+        losses = [heads[n].get_loss()(y[n], heads[n](features)) for n in ("t0", "t1")]
+    rows = [tf.reshape(tape.gradient(loss, features), [-1]) for loss in losses]
+    gramian = tf.matmul(tf.stack(rows), tf.stack(rows), transpose_b=True)
+    assert float(gramian[0, 1]) < 0  # the tasks conflict at the features
+    weights = tf.reduce_sum(
+        mtk.weighting.gradient_level.pcgrad_coefficients(gramian, shuffle=False), 0)
+    per_task = [tape.gradient(loss, shared) for loss in losses]
+    expected = [weights[0] * a + weights[1] * b for a, b in zip(*per_task)]
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0, shuffle=False)
+    for b, v, e in zip(before, shared, expected):
+        np.testing.assert_allclose((b - v.numpy()) / 0.1, e.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.loss_weighting.last_weights.numpy(), weights, rtol=1e-5)

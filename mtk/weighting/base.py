@@ -9,10 +9,15 @@ and whose gradients are this replica's share, so a method may combine them in
 any differentiable way and stay exact under tf.distribute.
 
 - Loss-level methods implement `combine(losses)`: one backward pass.
-- Gradient-level methods set ``gradient_level = True`` and implement
-  `aggregate(task_gradients, losses)`: the step computes each task's
-  gradient of the shared (trunk) parameters, sums them over replicas, and
-  applies the method's aggregate.
+- Gradient-level methods subclass `GradientWeighting` and implement
+  `gramian_weights(gramian, losses)`: from the ``(K, K)`` Gramian of the
+  task gradients (``G G^T``, inner products between tasks' gradients), the
+  weights ``w`` of the shared update ``G^T w``. The step computes each
+  task's gradient of the shared (trunk) parameters, sums them over replicas,
+  and applies ``G^T w``; with ``rep_grad=True`` it takes the gradients at the
+  shared features instead (one trunk backward pass, as MGDA-UB does) and
+  backpropagates ``sum_i w_i L_i`` into the trunk. Heads always get their own
+  task's gradient.
 - Methods that watch gradients at the shared features (GradNorm) set
   ``needs_feature_gradients = True`` and implement `observe_feature_gradients`.
 - Parameters a method learns by gradient (``learned_variables``) are trained by
@@ -107,9 +112,6 @@ class LossWeighting(keras.layers.Layer):
             ops.stack([weights[name] * losses[name] for name in self.head_names])
         )
 
-    def aggregate(self, task_gradients, losses):
-        """Gradient-level methods: ``(K, P)`` task gradients -> ``(P,)``."""
-        raise NotImplementedError
 
     def observe_feature_gradients(self, losses, norms):
         """Sees each task's gradient norm at the shared features, per step."""
@@ -122,6 +124,67 @@ class LossWeighting(keras.layers.Layer):
         config = super().get_config()
         if self.learning_rate is not None:
             config["learning_rate"] = self.learning_rate
+        return config
+
+
+class GradientWeighting(LossWeighting):
+    """Base class of gradient-level methods: a direction from task gradients.
+
+    Subclasses implement `gramian_weights`. The shared parameters move along
+    ``G^T w``, where ``G`` stacks the K task gradients; the loss weights
+    logged as ``<head>_loss_weight`` are the last ``w``.
+
+    Args:
+        rep_grad: take task gradients at the shared features (the pooled trunk
+            output) rather than the trunk's parameters: one backward pass
+            through the trunk instead of K, the approximation MGDA-UB (Sener
+            & Koltun 2018, Sec. 3.3) makes.
+        **kwargs: `LossWeighting` arguments.
+    """
+
+    gradient_level = True
+
+    def __init__(self, rep_grad=False, **kwargs):
+        if not isinstance(rep_grad, bool):
+            raise ValueError(
+                f"{type(self).__name__}: rep_grad must be True or False, got "
+                f"{rep_grad!r}."
+            )
+        super().__init__(**kwargs)
+        self.rep_grad = rep_grad
+
+    def build_state(self, num_heads):
+        # Every replica computes the same weights; "mean" keeps copies equal.
+        self.last_weights = self.add_weight(
+            shape=(num_heads,), initializer="ones", trainable=False,
+            aggregation="mean", name="last_weights",
+        )
+
+    def gramian_weights(self, gramian, losses):
+        """The weights ``w`` (``(K,)``) of the shared update ``G^T w``.
+
+        Args:
+            gramian: ``(K, K)`` float32 ``G G^T``.
+            losses: ``(K,)`` float32 task losses.
+        """
+        raise NotImplementedError
+
+    def shared_direction(self, gramian, losses):
+        """`gramian_weights`, recorded for logging."""
+        weights = ops.cast(self.gramian_weights(gramian, losses), "float32")
+        self.last_weights.assign(weights)
+        return weights
+
+    def combine(self, losses):
+        # What the heads' own parameters follow: each its task's loss.
+        return ops.sum(ops.stack([losses[name] for name in self.head_names]))
+
+    def current_weights(self):
+        return {name: self.last_weights[i] for i, name in enumerate(self.head_names)}
+
+    def get_config(self):
+        config = super().get_config()
+        config["rep_grad"] = self.rep_grad
         return config
 
 

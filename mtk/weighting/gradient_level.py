@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from mtk.weighting.base import GradientWeighting
 from mtk.weighting.base import LossWeighting
 from mtk.weighting.base import check_positive
 
@@ -105,42 +106,71 @@ def project_conflicting(gradients, shuffle=True):
     >>> g.numpy().tolist()
     [[0.5, 0.5], [0.0, 1.0]]
     """
-    count = gradients.shape[0]
-    squared_norms = ops.sum(gradients * gradients, axis=1)
-    projected = []
+    coefficients = pcgrad_coefficients(
+        ops.matmul(gradients, ops.transpose(gradients)), shuffle=shuffle
+    )
+    return ops.matmul(coefficients, gradients)
+
+
+def pcgrad_coefficients(gramian, shuffle=True):
+    """PCGrad's projected gradients as combinations of the originals.
+
+    Each projection subtracts a multiple of another task's gradient, so the
+    projected ``g_i'`` is ``sum_j C_ij g_j``; the dot products it needs are
+    those of the Gramian, kept up to date as ``g_i'`` changes.
+
+    Args:
+        gramian: ``(K, K)`` inner products of the task gradients.
+        shuffle: visit the other tasks in random order.
+
+    Returns:
+        The ``(K, K)`` coefficients ``C``.
+    """
+    count = gramian.shape[0]
+    identity = ops.eye(count, dtype=gramian.dtype)
+    rows = []
     for i in range(count):
-        g = gradients[i]
+        row = identity[i]  # g_i' as a combination of the g_j
         order = tf.random.shuffle(tf.range(count)) if shuffle else tf.range(count)
         for k in range(count):
             j = order[k]
-            other = tf.gather(gradients, j)
-            dot = ops.sum(g * other)
+            dot = ops.sum(row * tf.gather(gramian, j))  # g_i' . g_j
             conflict = ops.logical_and(ops.not_equal(j, i), ops.less(dot, 0.0))
             coefficient = ops.where(
-                conflict, dot / (tf.gather(squared_norms, j) + 1e-12), 0.0
+                conflict, dot / (tf.gather(tf.gather(gramian, j), j) + 1e-12), 0.0
             )
-            g = g - coefficient * other
-        projected.append(g)
-    return ops.stack(projected)
+            row = row - coefficient * tf.gather(identity, j)
+        rows.append(row)
+    return ops.stack(rows)
 
 
 @keras.saving.register_keras_serializable(package="mtk")
-class PCGrad(LossWeighting):
+class PCGrad(GradientWeighting):
     """PCGrad (Yu et al. 2020): gradient surgery on the shared trunk.
 
-    Task losses are summed with weight 1; on the trunk's trainable
-    parameters each task's gradient is projected with `project_conflicting`
-    before they are summed. Head parameters get their own task's gradient.
-    Use it when tasks' gradients conflict (negative cosine); it costs one
-    backward pass through the trunk per task, and only acts while the trunk
-    is trainable.
+    On the trunk's trainable parameters each task's gradient is projected
+    with `project_conflicting` before they are summed: the update is
+    ``G^T w`` with ``w`` the column sums of `pcgrad_coefficients`. Head
+    parameters get their own task's gradient. Use it when tasks' gradients
+    conflict (negative cosine); it costs one backward pass through the trunk
+    per task (one in all with ``rep_grad=True``), and only acts while the
+    trunk is trainable.
+
+    Args:
+        shuffle: visit the other tasks in random order (the paper's choice).
+        rep_grad: see `mtk.weighting.base.GradientWeighting`.
     """
 
     method = "pcgrad"
-    gradient_level = True
 
-    def current_weights(self):
-        return {name: ops.ones((), "float32") for name in self.head_names}
+    def __init__(self, shuffle=True, **kwargs):
+        super().__init__(**kwargs)
+        self.shuffle = shuffle
 
-    def aggregate(self, task_gradients, losses):
-        return ops.sum(project_conflicting(task_gradients), axis=0)
+    def gramian_weights(self, gramian, losses):
+        return ops.sum(pcgrad_coefficients(gramian, self.shuffle), axis=0)
+
+    def get_config(self):
+        config = super().get_config()
+        config["shuffle"] = self.shuffle
+        return config
