@@ -490,9 +490,8 @@ class MultiTaskModel(keras.Model):
             ]
             flat = ops.stack([ops.reshape(r, (-1,)) for r in rows])
             gramian = replica_sum(ops.matmul(flat, ops.transpose(flat)))
-            weights = weighting.shared_direction(gramian, ops.stop_gradient(values))
-            direction = ops.sum(
-                ops.stack([w * r for w, r in zip(ops.unstack(weights), rows)]), axis=0)
+            direction = weighting.feature_direction(
+                ops.stack(rows), gramian, ops.stop_gradient(values))
             return tape.gradient(
                 features, shared,
                 output_gradients=ops.cast(direction * scale, features.dtype))

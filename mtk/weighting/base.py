@@ -175,6 +175,22 @@ class GradientWeighting(LossWeighting):
         self.last_weights.assign(weights)
         return weights
 
+    def feature_direction(self, rows, gramian, losses):
+        """With ``rep_grad``: the gradient sent back into the trunk.
+
+        Args:
+            rows: ``(K, batch, ...)`` float32 task gradients at the shared
+                features (this replica's examples).
+            gramian: ``(K, K)`` their Gramian over the global batch.
+            losses: ``(K,)`` task losses.
+
+        Returns:
+            ``(batch, ...)``: by default ``sum_i w_i rows_i``. Methods that act
+            on the features coordinate by coordinate (GradDrop) override it.
+        """
+        weights = self.shared_direction(gramian, losses)
+        return ops.tensordot(weights, rows, axes=1)
+
     def combine(self, losses):
         # What the heads' own parameters follow: each its task's loss.
         return ops.sum(ops.stack([losses[name] for name in self.head_names]))
