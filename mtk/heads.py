@@ -292,7 +292,9 @@ class Head(keras.layers.Layer):
         if count > 1:
             position += f" (the first of {count} invalid labels)"
         return LabelValueError(
-            format_label_error(self, value, position, self._label_problem(value)),
+            format_label_error(
+                self, str(value), position, self._label_problem(value)
+            ),
             head=self.name,
             value=value.item(),
             index=index,
