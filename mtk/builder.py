@@ -10,6 +10,7 @@ from mtk.heads import heads_of
 from mtk.model import MultiTaskModel
 from mtk.model import check_heads
 from mtk.model import check_loss_weights
+from mtk.training import check_learning_rate
 from mtk.training import get_optimizer
 from mtk.trunks import resolve_trunk
 from mtk.weighting import get_loss_weighting
@@ -96,6 +97,8 @@ def build_multitask_model(
         check_loss_weights(loss_weights, names, weighting)
         if metrics is not None:
             check_head_dict("metrics", metrics, names)
+        if isinstance(optimizer, (str, dict)):
+            check_learning_rate(learning_rate)
     if strategy is not None:
         check_strategy(strategy)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
@@ -182,6 +185,7 @@ def compile_multitask(
     if metrics is not None:
         check_head_dict("metrics", metrics, list(heads))
     if isinstance(optimizer, (str, dict)):
+        check_learning_rate(learning_rate)
         optimizer = get_optimizer(optimizer, learning_rate)
     # The optimizer's and metrics' variables belong to the strategy the model
     # was built under (the default strategy when there is none).

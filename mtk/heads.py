@@ -15,9 +15,22 @@ Kinds and their missing-label sentinels:
 | `Binary`         | 0./1., shape () or (1,)| NaN     |
 | `MultiLabel`     | 0./1., (num_labels,)   | NaN     |
 | `Regression`     | float, (units,)        | NaN     |
+
+Each head also owns the contract of its label *values* (`Head.check_label_values`
+on numpy arrays before training, `Head.labels_valid` on a batch tensor inside a
+training step): class ids are whole numbers in ``[0, num_classes)`` or -1 (a
+NaN in a float array of class ids is missing too); Binary and MultiLabel
+labels are 0, 1 or NaN (any value in ``[0, 1]`` with ``soft_labels=True``);
+Regression labels are finite or NaN, and small enough that their loss fits in
+float32. Every violation reads the same (`format_label_error`).
 """
 
+import math
+import numbers
+
 import keras
+import numpy as np
+import tensorflow as tf
 
 from mtk.losses import MaskedLoss
 from mtk.losses import MaskedMetric
@@ -25,12 +38,53 @@ from mtk.losses import MaskedMetric
 RESERVED_NAMES = ("trunk", "pooling")
 
 
+class LabelValueError(ValueError):
+    """A label value that its head cannot train on (raised before training).
+
+    Attributes:
+        head: the head's name.
+        value: the first bad label value.
+        index: its index in the checked labels array (a tuple).
+    """
+
+    def __init__(self, message, head=None, value=None, index=None):
+        super().__init__(message)
+        self.head = head
+        self.value = value
+        self.index = index
+
+
+def format_label_error(head, value, position, problem):
+    """The one message for a label value that breaks its head's contract.
+
+    Args:
+        head: the `Head`.
+        value: the bad value, as it should be printed.
+        position: where it is, e.g. ``"example 17"``.
+        problem: what is wrong and what to do, e.g. ``"is not finite; use NaN
+            for a missing label."``.
+
+    Example:
+
+    >>> mtk.heads.format_label_error(
+    ...     mtk.heads.Regression("price"), "inf", "example 17",
+    ...     "is not finite; use NaN for a missing label.")
+    "Head 'price' (Regression): label inf at example 17 is not finite; use NaN for a missing label."
+    """
+    return (
+        f"Head {head.name!r} ({type(head).__name__}): label {value} at "
+        f"{position} {problem}"
+    )
+
+
 class Head(keras.layers.Layer):
     """Base class of all heads.
 
     Subclasses set ``output_activation``, ``label_kind`` and implement
-    ``output_units``, ``default_loss_name()``, ``default_metrics()`` and
-    ``label_shapes()``.
+    ``output_units``, ``default_loss_name()``, ``default_metrics()``,
+    ``label_shapes()`` and the label-value contract: ``label_contract()``,
+    ``_invalid_labels()`` (numpy), ``_valid_label_tensor()`` (TensorFlow) and
+    ``_label_problem()``.
 
     Args:
         name: the head's name: the key of its output, labels, loss and metrics.
@@ -170,6 +224,134 @@ class Head(keras.layers.Layer):
                 f"of shape {expected} per example, got {shape}."
             )
 
+    # === Label values ===
+    def check_label_values(self, labels, where=None):
+        """Raises a `LabelValueError` if a label value breaks this head's contract.
+
+        Vectorised numpy over the whole array: cheap enough to run on every
+        in-memory label array before training.
+
+        Args:
+            labels: the head's labels for a batch or a whole data set, shape
+                ``(examples,) + label shape`` (a numpy array or anything
+                ``np.asarray`` takes, an eager tensor included).
+            where: what the labels are, appended to the example index in the
+                message, e.g. ``"of the first batch"``.
+
+        Example:
+
+        >>> head = mtk.heads.Regression("price")
+        >>> head.check_label_values(np.array([1.5, np.nan, -2.0]))
+        >>> head.check_label_values(np.array([1.5, np.inf]))
+        Traceback (most recent call last):
+        ...
+        mtk.heads.LabelValueError: Head 'price' (Regression): label inf at example 1 is not finite; use NaN for a missing label.
+        """
+        error = self.label_value_error(labels, where=where)
+        if error is not None:
+            raise error
+
+    def label_value_error(self, labels, where=None):
+        """The `LabelValueError` for the first bad label, or None if all are valid.
+
+        The formatter behind `check_label_values`; a training step that saw
+        `labels_valid` turn False can call it on that batch's labels for a
+        message naming the value and example.
+
+        Args:
+            labels: as for `check_label_values`.
+            where: as for `check_label_values`.
+        """
+        labels = np.asarray(labels)
+        if labels.ndim == 0:
+            labels = labels.reshape(1)
+        if labels.dtype.kind not in "biuf":
+            # Other dtypes are check_label_spec's to reject.
+            return None
+        if labels.dtype.kind in "bu":
+            # Signed, so that comparisons with -1 mean what they say.
+            labels = labels.astype(np.int64)
+        elif labels.dtype == np.float16:
+            # Limits such as 1e16 would round to inf in float16.
+            labels = labels.astype(np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            invalid = self._invalid_labels(labels)
+        if not invalid.any():
+            return None
+        index = tuple(int(i) for i in np.argwhere(invalid)[0])
+        count = int(np.count_nonzero(invalid))
+        value = labels[index]
+        position = f"example {index[0]}"
+        if len(index) > 1 and labels.shape[1:] != (1,):
+            position += f", entry {index[1]}"
+            names = self._entry_names()
+            if names is not None:
+                position += f" ({names[index[1]]!r})"
+        if where:
+            position += f" {where}"
+        if count > 1:
+            position += f" (the first of {count} invalid labels)"
+        return LabelValueError(
+            format_label_error(
+                self, str(value), position, self._label_problem(value)
+            ),
+            head=self.name,
+            value=value.item(),
+            index=index,
+        )
+
+    def labels_valid(self, labels):
+        """A scalar boolean tensor: True when every label of the batch is valid.
+
+        TensorFlow ops only, so it runs inside a `tf.function` training step
+        (e.g. in a `tf.debugging.Assert`, or returned with the step's logs);
+        `label_value_error` then formats the message for the batch.
+
+        Args:
+            labels: the head's label tensor for a batch.
+
+        Example:
+
+        >>> head = mtk.heads.Classification("item", num_classes=4)
+        >>> bool(head.labels_valid(tf.constant([0, 3, -1])))
+        True
+        >>> bool(head.labels_valid(tf.constant([0, 4])))
+        False
+        """
+        labels = tf.convert_to_tensor(labels)
+        if labels.dtype.is_integer or labels.dtype.is_bool:
+            labels = tf.cast(labels, tf.int64)
+        elif labels.dtype in (tf.float16, tf.bfloat16):
+            labels = tf.cast(labels, tf.float32)
+        elif not labels.dtype.is_floating:
+            raise TypeError(
+                f"Head {self.name!r} ({type(self).__name__}) needs numeric "
+                f"labels, got dtype {labels.dtype.name}."
+            )
+        return tf.reduce_all(self._valid_label_tensor(labels))
+
+    def label_contract(self):
+        """The valid label values of this head, in words."""
+        raise NotImplementedError
+
+    def _invalid_labels(self, labels):
+        """numpy: a boolean array, True where a label breaks the contract."""
+        raise NotImplementedError
+
+    def _valid_label_tensor(self, labels):
+        """TensorFlow: a boolean tensor, True where a label is valid.
+
+        ``labels`` is int64 or a floating dtype.
+        """
+        raise NotImplementedError
+
+    def _label_problem(self, value):
+        """What is wrong with one bad value (numpy scalar), and the remedy."""
+        raise NotImplementedError
+
+    def _entry_names(self):
+        return None
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -249,6 +431,37 @@ class Classification(Head):
     def label_shapes(self):
         return ((), (1,))
 
+    def label_contract(self):
+        return (
+            f"class ids are whole numbers in [0, {self.num_classes}), -1 for "
+            "a missing label"
+        )
+
+    def _invalid_labels(self, labels):
+        in_range = (labels >= 0) & (labels < self.num_classes)
+        if labels.dtype.kind == "i":
+            return ~(in_range | (labels == -1))
+        # In a float array of class ids NaN marks a missing label too.
+        whole = labels == np.floor(labels)
+        return ~((whole & in_range) | (labels == -1) | np.isnan(labels))
+
+    def _valid_label_tensor(self, labels):
+        in_range = (labels >= 0) & (labels < self.num_classes)
+        if labels.dtype.is_integer:
+            return in_range | tf.equal(labels, -1)
+        whole = tf.equal(labels, tf.floor(labels))
+        return (
+            (whole & in_range) | tf.equal(labels, -1) | tf.math.is_nan(labels)
+        )
+
+    def _label_problem(self, value):
+        if not float(value).is_integer():
+            return f"is not a whole number; {self.label_contract()}."
+        return (
+            f"is not a class id in [0, {self.num_classes}); use -1 for a "
+            "missing label."
+        )
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -260,9 +473,61 @@ class Classification(Head):
         return config
 
 
+class _ZeroOneLabels:
+    """The label contract of sigmoid heads: 0, 1 or NaN; [0, 1] if soft."""
+
+    def label_contract(self):
+        if self.soft_labels:
+            return "labels are numbers in [0, 1], NaN for a missing label"
+        return "labels are 0 or 1, NaN for a missing label"
+
+    def _invalid_labels(self, labels):
+        if self.soft_labels:
+            valid = (labels >= 0) & (labels <= 1)
+        else:
+            valid = (labels == 0) | (labels == 1)
+        if labels.dtype.kind == "f":
+            valid |= np.isnan(labels)
+        return ~valid
+
+    def _valid_label_tensor(self, labels):
+        if self.soft_labels:
+            valid = (labels >= 0) & (labels <= 1)
+        else:
+            valid = tf.equal(labels, 0) | tf.equal(labels, 1)
+        if labels.dtype.is_floating:
+            valid |= tf.math.is_nan(labels)
+        return valid
+
+    def _label_problem(self, value):
+        if self.soft_labels:
+            return "is not in [0, 1]; use NaN for a missing label."
+        return (
+            "is not 0 or 1; use NaN for a missing label (or soft_labels=True "
+            "for probabilities in [0, 1])."
+        )
+
+
+def _check_soft_labels(name, soft_labels):
+    if not isinstance(soft_labels, bool):
+        raise ValueError(
+            f"Head {name!r}: soft_labels must be True or False, got "
+            f"{soft_labels!r}."
+        )
+    return soft_labels
+
+
 @keras.saving.register_keras_serializable(package="mtk")
-class Binary(Head):
+class Binary(_ZeroOneLabels, Head):
     """A yes/no task: one sigmoid unit. Labels are 0/1 floats, NaN = missing.
+
+    Args:
+        name: the head's name.
+        soft_labels: accept any label in [0, 1] (a probability, e.g. from
+            label smoothing or several annotators) instead of only 0 and 1.
+            The loss takes soft labels as they are; the accuracy and AUC
+            metrics are meant for 0/1 labels.
+        **kwargs: `Head` arguments.
 
     Example:
 
@@ -273,6 +538,10 @@ class Binary(Head):
 
     output_activation = "sigmoid"
     primary_metric = "accuracy"
+
+    def __init__(self, name, soft_labels=False, **kwargs):
+        self.soft_labels = _check_soft_labels(name, soft_labels)
+        super().__init__(name, **kwargs)
 
     @property
     def output_units(self):
@@ -290,9 +559,14 @@ class Binary(Head):
     def label_shapes(self):
         return ((), (1,))
 
+    def get_config(self):
+        config = super().get_config()
+        config.update({"soft_labels": self.soft_labels})
+        return config
+
 
 @keras.saving.register_keras_serializable(package="mtk")
-class MultiLabel(Head):
+class MultiLabel(_ZeroOneLabels, Head):
     """Several independent yes/no labels (one sigmoid each).
 
     Labels are float vectors of 0/1 of length ``num_labels``; a NaN entry is a
@@ -302,6 +576,8 @@ class MultiLabel(Head):
         name: the head's name.
         num_labels: number of labels, at least 1.
         label_names: optional list of ``num_labels`` names.
+        soft_labels: accept any label in [0, 1] instead of only 0 and 1 (see
+            `Binary`).
         **kwargs: `Head` arguments.
 
     Example:
@@ -314,7 +590,9 @@ class MultiLabel(Head):
     output_activation = "sigmoid"
     primary_metric = "accuracy"
 
-    def __init__(self, name, num_labels, label_names=None, **kwargs):
+    def __init__(
+        self, name, num_labels, label_names=None, soft_labels=False, **kwargs
+    ):
         if not isinstance(num_labels, int) or num_labels < 1:
             raise ValueError(
                 f"Head {name!r}: num_labels must be an integer >= 1, got "
@@ -324,6 +602,7 @@ class MultiLabel(Head):
         self.label_names = _check_names(
             name, label_names, num_labels, "label_names", "num_labels"
         )
+        self.soft_labels = _check_soft_labels(name, soft_labels)
         super().__init__(name, **kwargs)
 
     @property
@@ -342,12 +621,16 @@ class MultiLabel(Head):
     def label_shapes(self):
         return ((self.num_labels,),)
 
+    def _entry_names(self):
+        return _as_list(self.label_names)
+
     def get_config(self):
         config = super().get_config()
         config.update(
             {
                 "num_labels": self.num_labels,
                 "label_names": _as_list(self.label_names),
+                "soft_labels": self.soft_labels,
             }
         )
         return config
@@ -374,6 +657,13 @@ class Regression(Head):
     primary_metric = "mae"
     primary_metric_higher_is_better = False
     LOSSES = ("mean_squared_error", "mean_absolute_error", "huber")
+    # The largest |label| each loss takes: its loss over a batch (and its
+    # gradient) must stay finite in float32, whose largest value is ~3.4e38.
+    LABEL_LIMITS = {
+        "mean_squared_error": 1e16,
+        "mean_absolute_error": 1e32,
+        "huber": 1e32,
+    }
 
     def __init__(self, name, units=1, loss="mean_squared_error", **kwargs):
         if not isinstance(units, int) or units < 1:
@@ -401,6 +691,33 @@ class Regression(Head):
 
     def label_shapes(self):
         return ((self.units,), ()) if self.units == 1 else ((self.units,),)
+
+    def label_contract(self):
+        return (
+            f"labels are finite numbers of magnitude <= "
+            f"{self.LABEL_LIMITS[self.loss]:g}, NaN for a missing label"
+        )
+
+    def _invalid_labels(self, labels):
+        if labels.dtype.kind == "f":
+            return ~(np.abs(labels) <= self.LABEL_LIMITS[self.loss]) & ~np.isnan(
+                labels
+            )
+        return np.abs(labels.astype(np.float64)) > self.LABEL_LIMITS[self.loss]
+
+    def _valid_label_tensor(self, labels):
+        if labels.dtype.is_integer:
+            labels = tf.cast(labels, tf.float64)
+        limit = self.LABEL_LIMITS[self.loss]
+        return (tf.abs(labels) <= limit) | tf.math.is_nan(labels)
+
+    def _label_problem(self, value):
+        if not np.isfinite(value):
+            return "is not finite; use NaN for a missing label."
+        return (
+            f"is too large for {self.loss} in float32 (|label| must be <= "
+            f"{self.LABEL_LIMITS[self.loss]:g}); rescale the targets."
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -484,13 +801,50 @@ def check_head_dict(
         raise error(f"{argument} lacks head(s) {missing}.{hint}")
 
 
-def check_labels(heads, label_spec):
+def check_loss_weights(loss_weights, head_names, argument="loss_weights"):
+    """Raises unless ``loss_weights`` maps head names to finite numbers >= 0.
+
+    A NaN or infinite weight turns every weight of the model into NaN at the
+    first step; a negative one makes training maximise that head's loss.
+
+    Args:
+        loss_weights: dict ``{head name: weight}``, or None (equal weights).
+        head_names: the model's head names.
+        argument: the argument's name, for the message.
+
+    Example:
+
+    >>> mtk.heads.check_loss_weights({"price": 0.5}, ["item", "price"])
+    >>> mtk.heads.check_loss_weights({"price": float("nan")}, ["item", "price"])
+    Traceback (most recent call last):
+    ...
+    ValueError: loss_weights['price'] must be a finite number >= 0, got nan.
+    """
+    if loss_weights is None:
+        return
+    check_head_dict(argument, loss_weights, head_names)
+    for name, weight in loss_weights.items():
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, numbers.Real)
+            or not math.isfinite(weight)
+            or weight < 0
+        ):
+            raise ValueError(
+                f"{argument}[{name!r}] must be a finite number >= 0, got "
+                f"{weight!r}."
+            )
+
+
+def check_labels(heads, label_spec, argument="labels"):
     """Checks a batched label structure against the heads before training.
 
     Args:
         heads: dict ``{name: Head}``, as from `heads_of`.
         label_spec: the labels part of a batched dataset's ``element_spec``:
             a dict ``{head name: tf.TensorSpec}``.
+        argument: what the labels are, for the messages (e.g.
+            ``"validation_data's labels"``).
 
     Raises:
         TypeError: when the labels are not a dict keyed by head name.
@@ -498,9 +852,33 @@ def check_labels(heads, label_spec):
             matches no head, or the head whose labels have the wrong shape.
     """
     check_head_dict(
-        "labels", label_spec, heads, complete=True,
+        argument, label_spec, heads, complete=True,
         missing_hint="Give every head a label; mark unknown ones with the "
         "missing-label sentinel (-1 for Classification, NaN otherwise).",
     )
     for name, spec in label_spec.items():
         heads[name].check_label_spec(spec.shape[1:], spec.dtype)
+
+
+def check_label_values(heads, labels, where=None):
+    """Checks every head's label values (`Head.check_label_values`).
+
+    Args:
+        heads: dict ``{name: Head}``, as from `heads_of`.
+        labels: dict ``{head name: array}``, keys already checked
+            (`check_labels`).
+        where: as for `Head.check_label_values`.
+
+    Raises:
+        LabelValueError: naming the head, the value and its example.
+
+    Example:
+
+    >>> heads = {"item": mtk.heads.Classification("item", num_classes=4)}
+    >>> mtk.heads.check_label_values(heads, {"item": np.array([0, 3, -2])})
+    Traceback (most recent call last):
+    ...
+    mtk.heads.LabelValueError: Head 'item' (Classification): label -2 at example 2 is not a class id in [0, 4); use -1 for a missing label.
+    """
+    for name, values in labels.items():
+        heads[name].check_label_values(values, where=where)

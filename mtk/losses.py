@@ -4,7 +4,9 @@ Multi-task data is often partially labelled: an example from a pets data set
 has no label for a cars head. mtk marks such labels with one sentinel per
 label kind and every loss and metric here ignores them:
 
-- ``"class_id"`` labels (integer class ids, `Classification` heads): ``-1``.
+- ``"class_id"`` labels (integer class ids, `Classification` heads): ``-1``
+  (and NaN, when the class ids come as a float array, e.g. a pandas column
+  with gaps).
 - ``"float"`` labels (`Binary`, `MultiLabel` entries, `Regression`): ``NaN``.
 
 A missing label contributes no loss and no metric update; the loss of a batch
@@ -64,6 +66,10 @@ def split_missing(y_true, y_pred, label_kind):
         # Accept (batch,) and (batch, 1) class ids.
         if len(y_true.shape) == len(y_pred.shape):
             y_true = ops.squeeze(y_true, axis=-1)
+        if "float" in keras.backend.standardize_dtype(y_true.dtype):
+            # NaN in a float array of class ids is missing, like -1 (casting
+            # NaN to an integer is undefined and differs between devices).
+            y_true = ops.where(ops.isnan(y_true), -1.0, y_true)
         y_true = ops.cast(y_true, "int32")
         present = ops.greater_equal(y_true, 0)
         clean = ops.where(present, y_true, ops.zeros_like(y_true))

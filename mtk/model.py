@@ -35,12 +35,12 @@ from keras import ops
 
 from mtk.heads import Head
 from mtk.heads import check_head_dict
+from mtk.heads import check_loss_weights as check_loss_weight_values
 from mtk.losses import MaskedMetric
 from mtk.trunks import TRUNK_NAME
 from mtk.trunks import TrunkParts
 from mtk.trunks import trunk_features
 from mtk.weighting import get_loss_weighting
-from mtk.weighting.base import check_positive
 
 # Output key of the shared features in the internal features view; it is no
 # valid head name (head names are identifiers), so it cannot clash with one.
@@ -93,10 +93,7 @@ def check_loss_weights(loss_weights, head_names, loss_weighting):
     """
     if loss_weights is None:
         return
-    check_head_dict("loss_weights", loss_weights, head_names)
-    for name, weight in loss_weights.items():
-        check_positive("loss_weights", f"the weight of head {name!r}", weight,
-                       allow_zero=True)
+    check_loss_weight_values(loss_weights, head_names)
     method = getattr(loss_weighting, "method", loss_weighting)
     accepts = getattr(loss_weighting, "accepts_loss_weights", method == "static")
     if not accepts:
@@ -352,6 +349,12 @@ class MultiTaskModel(keras.Model):
         for name in self.heads:
             if name not in y:
                 check_head_dict("labels", y, list(self.heads), complete=True)
+        guards = self._label_guards(y)
+        if guards:
+            # Everything that reads a label, the update too, waits for them.
+            with tf.control_dependencies(guards):
+                y = {name: tf.identity(y[name]) for name in self.heads}
+        for name in self.heads:
             weight = (
                 sample_weight.get(name) if isinstance(sample_weight, dict)
                 else sample_weight
@@ -372,6 +375,29 @@ class MultiTaskModel(keras.Model):
         # gradients are summed). Any combination f(losses) is then exact.
         losses = shares + ops.stop_gradient(values - shares)
         return {name: losses[i] for i, name in enumerate(self.heads)}, values
+
+    def _label_guards(self, y):
+        """Checks each batch's labels against its head's contract, in the step.
+
+        The data is checked whole (arrays) or on its first batch (tf.data)
+        before training; this catches a later batch that breaks the
+        contract, naming the head, before its loss is computed. XLA has no
+        assertions: under ``jit_compile=True`` only the up-front checks run.
+        """
+        if self.jit_compile:
+            return []
+        return [
+            tf.debugging.Assert(
+                head.labels_valid(y[name]),
+                # No quotes: TensorFlow escapes them in the error it prints.
+                [f"Head {name} ({type(head).__name__}): a label in this batch "
+                 f"breaks the contract of the head: {head.label_contract()}. "
+                 "Labels:",
+                 y[name]],
+                summarize=20,
+            )
+            for name, head in self.heads.items()
+        ]
 
     def _regularization(self):
         if not self.losses:

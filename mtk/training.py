@@ -15,6 +15,8 @@ restores into the unfrozen, recompiled model.
 
 import contextlib
 import json
+import math
+import numbers
 import warnings
 
 import numpy as np
@@ -22,7 +24,9 @@ import tensorflow as tf
 import keras
 
 from mtk.heads import check_head_dict
+from mtk.heads import check_label_values
 from mtk.heads import check_labels
+from mtk.heads import check_loss_weights
 from mtk.heads import heads_of
 from mtk.trunks import get_trunk
 
@@ -203,33 +207,127 @@ def recompile(model, learning_rate=None):
         model.compile_from_config(config)
 
 
-def check_training_data(model, x, y=None):
+def check_training_data(model, x, y=None, *, source=None):
     """Checks inputs and labels against the model before any training.
+
+    Shapes, dtypes and label keys come from the data's spec. Label values are
+    checked against each head's contract (`mtk.heads.Head.check_label_values`):
+    in-memory arrays whole, a `tf.data.Dataset` on its first batch (one batch
+    is read; later batches are the training loop's to guard, see
+    `TerminateOnNonFinite`).
 
     Args:
         model: a model from `mtk.build_multitask_model`.
         x: a `tf.data.Dataset` of ``(inputs, {head: label})`` batches, or
             the inputs as arrays (then ``y`` holds the labels dict).
         y: labels dict of arrays when ``x`` is not a dataset.
+        source: the argument the data came from, for the messages (e.g.
+            ``"validation_data"``); None for the training data.
 
     Raises:
         TypeError: when the labels are not a dict keyed by head name.
-        ValueError: naming the head or input at fault.
+        ValueError: naming the head or input at fault, or saying that the
+            data is empty. A bad label value raises its subclass
+            `mtk.heads.LabelValueError`.
+
+    Example:
+
+    >>> x, y = np.zeros((4, 32, 32, 3), "float32"), {
+    ...     "item": np.array([0, 1, 2, 4]), "flag": np.ones(4, "float32"),
+    ...     "tags": np.zeros((4, 3), "float32"), "price": np.zeros(4, "float32")}
+    >>> mtk.check_training_data(model, x, y)
+    Traceback (most recent call last):
+    ...
+    mtk.heads.LabelValueError: Head 'item' (Classification): label 4 at example 3 is not a class id in [0, 4); use -1 for a missing label.
     """
+    heads = heads_of(model)
+    of_source = f" of {source}" if source else ""
     if isinstance(x, tf.data.Dataset):
         spec = x.element_spec
         if not isinstance(spec, tuple) or len(spec) not in (2, 3):
             raise ValueError(
-                "The dataset must yield (inputs, labels) or (inputs, labels, "
-                f"sample_weights) tuples; its element_spec is {spec}."
+                f"The dataset{of_source} must yield (inputs, labels) or "
+                "(inputs, labels, sample_weights) tuples; its element_spec is "
+                f"{spec}."
             )
         input_spec, label_spec = spec[0], spec[1]
     else:
         input_spec = _array_spec(x)
-        check_head_dict("y", y, heads_of(model))
+        check_head_dict(f"{source}'s labels" if source else "y", y, heads)
         label_spec = {key: _array_spec(value) for key, value in y.items()}
     _check_inputs(model, input_spec)
-    check_labels(heads_of(model), label_spec)
+    check_labels(
+        heads, label_spec, argument=f"{source}'s labels" if source else "labels"
+    )
+    empty = (
+        f"{source or 'The training data'} is empty: fit would run no "
+        "training step"
+    )
+    if isinstance(x, tf.data.Dataset):
+        if int(x.cardinality()) == 0:
+            raise ValueError(f"{empty} (the dataset has 0 batches).")
+        # One batch from the pipeline (also when its size is unknown).
+        batch = next(iter(x.take(1)), None)
+        if batch is None:
+            raise ValueError(f"{empty} (the dataset yields no batches).")
+        labels = {name: value.numpy() for name, value in batch[1].items()}
+        check_label_values(heads, labels, where=f"of the first batch{of_source}")
+    else:
+        sizes = [input_spec.shape[0]] + [s.shape[0] for s in label_spec.values()]
+        if 0 in sizes:
+            raise ValueError(f"{empty} (0 examples).")
+        check_label_values(heads, y, where=of_source.strip() or None)
+
+
+def check_learning_rate(learning_rate, argument="learning_rate"):
+    """Raises a ValueError unless ``learning_rate`` is a finite number > 0.
+
+    A `keras.optimizers.schedules.LearningRateSchedule` is accepted as is.
+
+    Args:
+        learning_rate: the value to check.
+        argument: the argument's name, for the message.
+
+    Example:
+
+    >>> mtk.training.check_learning_rate(1e-4, "finetune_learning_rate")
+    >>> mtk.training.check_learning_rate(-1e-3, "finetune_learning_rate")
+    Traceback (most recent call last):
+    ...
+    ValueError: finetune_learning_rate must be a finite number > 0, got -0.001.
+    """
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        return
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, numbers.Real)
+        or not math.isfinite(learning_rate)
+        or learning_rate <= 0
+    ):
+        raise ValueError(
+            f"{argument} must be a finite number > 0, got {learning_rate!r}."
+        )
+
+
+def _check_compiled(model):
+    """Checks what the model was compiled with: its learning rate, loss weights."""
+    if not model.compiled:
+        raise ValueError(
+            f"Model {model.name!r} is not compiled; compile it first (e.g. "
+            "mtk.compile_multitask(model))."
+        )
+    optimizer = model.optimizer
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    learning_rate = optimizer.get_config().get("learning_rate")
+    if isinstance(learning_rate, numbers.Real):  # a schedule is a dict here
+        check_learning_rate(
+            float(learning_rate), "learning_rate (of the compiled optimizer)"
+        )
+    config = model.get_compile_config() or {}
+    loss_weights = config.get("loss_weights")
+    if isinstance(loss_weights, dict):
+        check_loss_weights(loss_weights, list(heads_of(model)))
 
 
 def _array_spec(array):
@@ -263,6 +361,115 @@ def _check_inputs(model, spec):
         )
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss (raised by `TerminateOnNonFinite`).
+
+    Attributes:
+        heads: the names of the heads whose loss went non-finite at that step
+            (empty when only the total loss did).
+        epoch: the epoch, counted from 0 as `keras.Model.fit` does.
+        step: the step within the epoch, counted from 0.
+    """
+
+    def __init__(self, message, heads=(), epoch=None, step=None):
+        super().__init__(message)
+        self.heads = list(heads)
+        self.epoch = epoch
+        self.step = step
+
+
+class TerminateOnNonFinite(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss, naming the head.
+
+    Checks ``loss`` and each head's ``<head>_loss`` in the logs at the end of
+    every training step and raises a `NonFiniteLossError` naming the heads
+    whose loss went non-finite and the epoch and step. Raising (instead of
+    setting ``model.stop_training`` like `keras.callbacks.TerminateOnNaN`)
+    ends `fit` before any epoch-end callback: a `keras.callbacks.ModelCheckpoint`
+    or `keras.callbacks.BackupAndRestore` file saved earlier is not
+    overwritten with NaN weights. Put it first among the callbacks, so that
+    it runs before any callback that saves every N steps; `mtk.fit_transfer`
+    does.
+
+    Example:
+
+    >>> model.fit(train_ds, epochs=1, verbose=0,
+    ...           callbacks=[mtk.training.TerminateOnNonFinite()]).epoch
+    [0]
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+        # fit_transfer names the phase it runs in the message.
+        self.phase = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        try:
+            heads = heads_of(self.model)
+        except ValueError:  # not an mtk model: whatever *_loss the logs hold
+            heads = {k[: -len("_loss")]: None for k in logs if k.endswith("_loss")}
+        bad = {
+            name: float(logs[f"{name}_loss"])
+            for name in heads
+            if f"{name}_loss" in logs and not _is_finite(logs[f"{name}_loss"])
+        }
+        loss = logs.get("loss")
+        if not bad and (loss is None or _is_finite(loss)):
+            return
+        at = f"at epoch {self._epoch + 1}, step {batch + 1}"
+        if self.phase:
+            at += f" ({self.phase})"
+        at += " (counted from 1, as Keras prints them)"
+        if bad:
+            names = ", ".join(
+                f"{name!r}"
+                + (f" ({type(heads[name]).__name__})" if heads[name] else "")
+                for name in bad
+            )
+            values = ", ".join(str(value) for value in bad.values())
+            if len(bad) == 1:
+                subject = f"Head {names}: its loss went non-finite ({values})"
+            else:
+                subject = (
+                    f"Heads {names}: their losses went non-finite ({values})"
+                )
+            hint = (
+                "Look for huge or out-of-range labels of "
+                f"{'that head' if len(bad) == 1 else 'those heads'} in that "
+                "batch, or lower the learning rate."
+            )
+        else:
+            subject = f"The total loss went non-finite ({float(loss)})"
+            hint = (
+                "Every head's loss was finite: look at the loss weights or "
+                "the loss weighting, or lower the learning rate."
+            )
+        raise NonFiniteLossError(
+            f"{subject} {at}. Training stopped there, before any later "
+            f"callback saved the model's now broken weights. {hint}",
+            heads=list(bad),
+            epoch=self._epoch,
+            step=batch,
+        )
+
+
+def _is_finite(value):
+    return bool(np.all(np.isfinite(np.asarray(value, dtype=np.float64))))
+
+
+def _with_non_finite_guard(callbacks):
+    """``callbacks`` with a `TerminateOnNonFinite` first (the user's, if any)."""
+    callbacks = list(callbacks or ())
+    guards = [c for c in callbacks if isinstance(c, TerminateOnNonFinite)]
+    guard = guards[0] if guards else TerminateOnNonFinite()
+    return guard, [guard] + [c for c in callbacks if c is not guard]
+
+
 def fit_transfer(
     model,
     x,
@@ -288,6 +495,12 @@ def fit_transfer(
         finetune_learning_rate: learning rate of phase 2.
         **fit_kwargs: other `keras.Model.fit` arguments (callbacks, verbose,
             ...). ``epochs`` and ``initial_epoch`` are set by the schedule.
+            A `TerminateOnNonFinite` goes first among the callbacks.
+
+    Before phase 1 trains, it checks the arguments, the compiled learning
+    rate and loss weights, and the training and validation data
+    (`check_training_data`, label values included), so that a mistake fails
+    at once rather than after phase 1.
 
     Returns:
         A `keras.callbacks.History` covering both phases; its
@@ -311,16 +524,29 @@ def fit_transfer(
         ("frozen_epochs", frozen_epochs),
         ("finetune_epochs", finetune_epochs),
     ):
-        if not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{key} must be an integer >= 0, got {value!r}.")
+    # Everything phase 2 needs is checked now, so that nothing fails after
+    # phase 1 trained.
+    check_learning_rate(finetune_learning_rate, "finetune_learning_rate")
+    _check_compiled(model)
     check_training_data(model, x, fit_kwargs.get("y"))
-    # Resolve the unfreeze spec now, so a typo fails before phase 1 runs.
+    if isinstance(validation_data, tf.data.Dataset):
+        check_training_data(model, validation_data, source="validation_data")
+    elif isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3):
+        check_training_data(
+            model, validation_data[0], validation_data[1], source="validation_data"
+        )
     check_unfreeze(model, unfreeze)
 
-    backup = _backup_callback(fit_kwargs.get("callbacks"))
+    guard, fit_kwargs["callbacks"] = _with_non_finite_guard(
+        fit_kwargs.get("callbacks")
+    )
+    backup = _backup_callback(fit_kwargs["callbacks"])
     histories = []
     # A run resumed from a backup made in phase 2 skips phase 1.
     if frozen_epochs and _backed_up_epoch(backup) < frozen_epochs:
+        guard.phase = "phase 1, trunk frozen"
         freeze_trunk(model)
         recompile(model)
         with _keep_backup(backup if finetune_epochs else None):
@@ -333,6 +559,7 @@ def fit_transfer(
                 )
             )
     if finetune_epochs:
+        guard.phase = "phase 2, fine-tuning"
         unfreeze_trunk(model, unfreeze)
         recompile(model, learning_rate=finetune_learning_rate)
         with warnings.catch_warnings():

@@ -26,6 +26,7 @@ images or strings.
 
 import dataclasses
 import os
+import zipfile
 
 import keras
 
@@ -191,9 +192,7 @@ def resolve_trunk(
     if trunk in APPLICATIONS:
         return _application_trunk(trunk, input_shape, trunk_weights)
     if trunk.endswith(".keras"):
-        if not os.path.isfile(trunk):
-            raise FileNotFoundError(f"trunk={trunk!r}: no such .keras file.")
-        model = keras.saving.load_model(trunk)
+        model = load_keras_file(trunk, argument="trunk")
         return _model_trunk(model, input_shape, trunk_weights, trunk_output)
     if os.path.isdir(trunk) or _is_keras_hub_preset(trunk):
         return _keras_hub_text_trunk(trunk, trunk_weights, sequence_length)
@@ -203,6 +202,76 @@ def resolve_trunk(
         "(keras_hub.models.Backbone.presets), a local preset or Hugging Face "
         "checkpoint directory, a .keras file, or a keras.Model."
     )
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def load_keras_file(path, argument="path", **kwargs):
+    """Loads a saved ``.keras`` model, saying what is wrong with a bad file.
+
+    `keras.saving.load_model` answers "File not found" for a file that exists
+    but is empty, truncated or not a ``.keras`` archive; this names the
+    argument and the actual fault.
+
+    Args:
+        path: the ``.keras`` file.
+        argument: the argument that named it, for the messages.
+        **kwargs: passed to `keras.saving.load_model`.
+
+    Raises:
+        FileNotFoundError: if there is no such file.
+        ValueError: if the file is not a loadable ``.keras`` archive.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "empty.keras")
+    >>> open(path, "wb").close()
+    >>> mtk.trunks.load_keras_file(path, argument="trunk")
+    Traceback (most recent call last):
+    ...
+    ValueError: trunk='...empty.keras' is empty (0 bytes), not a saved Keras model; ...
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{argument}={path!r}: no such .keras file.")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(
+            f"{argument}={path!r} is empty (0 bytes), not a saved Keras "
+            "model; was the save or copy interrupted? Save it again with "
+            "model.save()."
+        )
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not zipfile.is_zipfile(path):
+        if head.startswith(_ZIP_MAGIC):
+            fault = (
+                "a damaged or truncated zip archive (its end is missing: was "
+                "the save or copy interrupted?)"
+            )
+        elif head.startswith(_HDF5_MAGIC):
+            fault = (
+                "an HDF5 file (a legacy .h5 model or a .weights.h5 file), not "
+                "a .keras archive"
+            )
+        else:
+            fault = "not a Keras file (a .keras file is a zip archive)"
+        raise ValueError(f"{argument}={path!r} ({size} bytes) is {fault}.")
+    with zipfile.ZipFile(path) as archive:
+        if "config.json" not in archive.namelist():
+            raise ValueError(
+                f"{argument}={path!r} is a zip archive but not a saved Keras "
+                "model: it holds no config.json."
+            )
+    try:
+        return keras.saving.load_model(path, **kwargs)
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as error:
+        raise ValueError(
+            f"{argument}={path!r} is a damaged .keras archive: {error}"
+        ) from error
 
 
 _NAMED_WEIGHTS = (None, "pretrained", "imagenet")

@@ -52,9 +52,10 @@ def test_compile_options_and_uncompiled():
     (dict(heads=[]), ValueError, "heads is empty"),
     (dict(heads=["a"]), TypeError, "mtk.heads.Head"),
     (dict(heads=[mtk.heads.Binary("a")], loss_weights={"b": 1.0}), ValueError, r"loss_weights names head\(s\) \['b'\]"),
-    (dict(heads=[mtk.heads.Binary("a")], loss_weights={"a": -1}), ValueError, r"weight of head 'a' must be a finite number >= 0"),
-    (dict(heads=[mtk.heads.Binary("a")], loss_weights={"a": float("nan")}), ValueError, "weight of head 'a'"),
+    (dict(heads=[mtk.heads.Binary("a")], loss_weights={"a": -1}), ValueError, r"loss_weights\['a'\] must be a finite number >= 0, got -1"),
+    (dict(heads=[mtk.heads.Binary("a")], loss_weights={"a": float("nan")}), ValueError, r"loss_weights\['a'\] must be a finite number >= 0, got nan"),
     (dict(heads=[mtk.heads.Binary("a")], loss_weights=[1.0]), TypeError, "dict keyed by head name"),
+    (dict(heads=[mtk.heads.Binary("a")], learning_rate=-0.01), ValueError, "learning_rate"),
     (dict(heads=[mtk.heads.Binary("a")], metrics={"b": []}), ValueError, r"metrics names head\(s\) \['b'\]"),
 ])
 def test_bad_builder_arguments(kwargs, error, message):

@@ -256,3 +256,32 @@ def test_a_model_trains_with_its_own_trunk_and_loads_back(tmp_path):
     assert type(loaded) is mtk.MultiTaskModel
     assert json.dumps(loaded.get_config(), sort_keys=True, default=str) == json.dumps(
         model.get_config(), sort_keys=True, default=str)
+
+
+@pytest.mark.parametrize("head, bad", [
+    (lambda: mtk.heads.Classification("item", num_classes=3), 7),
+    (lambda: mtk.heads.Binary("item"), 2.0),
+    (lambda: mtk.heads.Regression("item"), np.inf),
+])
+def test_a_later_batch_that_breaks_a_label_contract_stops_the_step(head, bad):
+    """The up-front checks read the first batch; the step guards the rest."""
+    keras.utils.set_random_seed(0)
+    trunk = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)], name="trunk")
+    model = mtk.build_multitask_model(trunk, heads=[head(), mtk.heads.Regression("other")],
+                                      freeze_trunk=False, optimizer=keras.optimizers.SGD(0.1))
+    x = np.ones((16, 4), "float32")
+    labels = np.zeros(16, "float32")
+    labels[12] = bad  # in the second batch of 8
+    y = {"item": labels, "other": np.zeros(16, "float32")}
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    mtk.check_training_data(model, ds.take(1))  # the first batch is fine
+    after_first = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: after_first.append(model.get_weights()))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"Head item \({type(model.heads['item']).__name__}\): "
+                             "a label in this batch breaks the contract of the head"):
+        model.fit(ds, epochs=1, verbose=0, callbacks=[record])
+    assert len(after_first) == 1
+    for a, b in zip(after_first[0], model.get_weights()):  # no update from the bad batch
+        np.testing.assert_array_equal(a, b)
