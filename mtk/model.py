@@ -225,9 +225,11 @@ class MultiTaskModel(keras.Model):
         self.loss_weighting = weighting
         # Each head's own (unweighted, masked) loss, built once.
         self._head_loss_objects = {n: h.get_loss() for n, h in self.heads.items()}
+        # A one-head model logs as a one-output Keras model does: its "loss"
+        # is the head's.
         self._head_loss_trackers = [
             keras.metrics.Mean(name=f"{name}_loss") for name in self.heads
-        ]
+        ] if len(self.heads) > 1 else []
         # Dynamic methods log their weights; as metrics, so that Keras reads
         # every log at epoch end across replicas (it falls back to averaging
         # per-replica step logs when a step returns keys no metric has).
