@@ -186,10 +186,11 @@ def compile_multitask(
         check_head_dict("metrics", metrics, list(heads))
     if isinstance(optimizer, (str, dict)):
         check_learning_rate(learning_rate)
-        optimizer = get_optimizer(optimizer, learning_rate)
     # The optimizer's and metrics' variables belong to the strategy the model
     # was built under (the default strategy when there is none).
     with model.distribute_strategy.scope():
+        if isinstance(optimizer, (str, dict)):
+            optimizer = get_optimizer(optimizer, learning_rate)
         model.compile(
             optimizer=optimizer,
             loss_weights=loss_weights,

@@ -430,6 +430,41 @@ class EpochTimer(keras.callbacks.Callback):
             self._recorded = True
 
 
+class StepTimer(keras.callbacks.Callback):
+    """Records the wall time of each training step after the first epoch.
+
+    The first epoch traces and compiles the step, so it is left out;
+    ``median()`` is robust to other jobs sharing the machine.
+
+    Example:
+
+    >>> timer = mtk.evaluation.StepTimer()
+    >>> _ = model.fit(train_ds, epochs=2, callbacks=[timer], verbose=0)
+    >>> len(timer.seconds) > 0 and timer.median() > 0
+    True
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+        self._epoch = 0
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._epoch > 0:
+            self.seconds.append(time.perf_counter() - self._start)
+
+    def median(self):
+        """The median step time in seconds (NaN before any step was timed)."""
+        return float(np.median(self.seconds)) if self.seconds else float("nan")
+
+
 # === Plots ===
 
 

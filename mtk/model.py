@@ -27,6 +27,7 @@ masked loss; dynamic methods also log ``<head>_loss_weight``.
 """
 
 import inspect
+import warnings
 
 import keras
 import numpy as np
@@ -292,9 +293,9 @@ class MultiTaskModel(keras.Model):
         check_loss_weights(loss_weights, names, self.loss_weighting)
         if self.loss_weighting.accepts_loss_weights:
             self.loss_weighting.set_loss_weights(loss_weights)
-        self._loss_weights = {
-            name: float((loss_weights or {}).get(name, 1.0)) for name in names
-        }
+            self._loss_weights = dict(self.loss_weighting.loss_weights)
+        else:
+            self._loss_weights = {name: 1.0 for name in names}
         super().compile(
             optimizer=optimizer,
             loss=None,
@@ -557,6 +558,16 @@ class MultiTaskModel(keras.Model):
         arguments["callbacks"] = [_EpochEnd(self.loss_weighting)] + list(
             arguments.get("callbacks") or []
         )
+        weighting = self.loss_weighting
+        if weighting.gradient_level and not self._shared_variables(
+            self.trainable_weights
+        ):
+            warnings.warn(
+                f"{type(weighting).__name__} balances the task gradients of the "
+                "trunk, but the trunk is frozen: nothing to balance, each head "
+                "trains on its own loss until the trunk is unfrozen.",
+                stacklevel=2,
+            )
         return super().fit(**arguments)
 
     # === Config ===

@@ -549,7 +549,11 @@ def fit_transfer(
         guard.phase = "phase 1, trunk frozen"
         freeze_trunk(model)
         recompile(model)
-        with _keep_backup(backup if finetune_epochs else None):
+        with _keep_backup(backup if finetune_epochs else None), \
+                warnings.catch_warnings():
+            # Phase 1 freezes the trunk on purpose; gradient-level balancing
+            # starts with phase 2.
+            warnings.filterwarnings("ignore", ".*but the trunk is frozen")
             histories.append(
                 model.fit(
                     x,

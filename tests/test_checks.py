@@ -362,10 +362,12 @@ def test_good_data_still_trains_with_validation_tuple():
 # --- During training: the non-finite loss guard ---
 
 def _blowing_up_dataset(state, bad_epoch=1, bad_step=2, steps=4, batch_size=4):
-    """Good batches, except one price label of 1e30 at (bad_epoch, bad_step).
+    """Good batches, except one input feature of inf at (bad_epoch, bad_step).
 
-    The first batch is clean, so the checks before training pass: the
-    realistic way a bad value reaches training.
+    The first batch is clean, so the checks before training pass. Labels
+    that break a head's contract are stopped by the training step itself,
+    and valid labels cannot overflow the loss, so a corrupted input is the
+    realistic way a loss goes non-finite.
     """
     x, y = _data(steps * batch_size)
 
@@ -373,9 +375,10 @@ def _blowing_up_dataset(state, bad_epoch=1, bad_step=2, steps=4, batch_size=4):
         for step in range(steps):
             s = slice(step * batch_size, (step + 1) * batch_size)
             labels = {k: v[s].copy() for k, v in y.items()}
+            inputs = x[s].copy()
             if state["epoch"] == bad_epoch and step == bad_step:
-                labels["price"][1] = 1e30
-            yield x[s], labels
+                inputs[1, 0] = np.inf
+            yield inputs, labels
 
     spec = (tf.TensorSpec((None, 4), tf.float32),
             {"item": tf.TensorSpec((None,), tf.int64),
@@ -442,9 +445,11 @@ def test_fit_transfer_stops_at_non_finite_loss_and_keeps_saved_files(tmp_path):
         mtk.fit_transfer(model, _blowing_up_dataset(state), frozen_epochs=3,
                          finetune_epochs=1, callbacks=callbacks, verbose=0)
     message = str(info.value)
-    assert message.startswith("Head 'price' (Regression): its loss went non-finite (inf) "
-                              "at epoch 2, step 3 (phase 1, trunk frozen)")
-    assert (info.value.heads, info.value.epoch, info.value.step) == (["price"], 1, 2)
+    assert message.startswith("Heads 'flag' (Binary), 'item' (Classification), "
+                              "'price' (Regression), 'tags' (MultiLabel): their losses")
+    assert "at epoch 2, step 3 (phase 1, trunk frozen)" in message
+    assert (info.value.heads, info.value.epoch, info.value.step) == (
+        ["flag", "item", "price", "tags"], 1, 2)
     assert isinstance(info.value, FloatingPointError)
     # The blow-up reached the training state in memory (Adam's moments)...
     assert not all(np.isfinite(keras.ops.convert_to_numpy(v)).all()
@@ -469,8 +474,9 @@ def test_fit_transfer_stops_at_non_finite_loss_and_keeps_saved_files(tmp_path):
 def test_user_model_fit_with_guard_names_the_head():
     model = _model()
     state = {"epoch": 0}
-    with pytest.raises(NonFiniteLossError, match=r"^Head 'price' \(Regression\): its loss went "
-                       r"non-finite \(inf\) at epoch 1, step 2 \(counted from 1"):
+    with pytest.raises(NonFiniteLossError, match=r"^Heads 'flag' \(Binary\), .*'price' "
+                       r"\(Regression\), .*: their losses went non-finite \(.*\) at epoch 1, "
+                       r"step 2 \(counted from 1"):
         model.fit(_blowing_up_dataset(state, bad_epoch=0, bad_step=1), epochs=2, verbose=0,
                   callbacks=[TerminateOnNonFinite(), _EpochState(state, lambda: [])])
 

@@ -37,9 +37,13 @@ MODULES = [
     "mtk.tuning.tune",
     "mtk.tuning.tuners",
     "mtk.weighting",
+    "mtk.weighting.alignment",
     "mtk.weighting.base",
+    "mtk.weighting.comparison",
     "mtk.weighting.gradient_level",
+    "mtk.weighting.loss_balancing",
     "mtk.weighting.loss_level",
+    "mtk.weighting.min_norm",
 ]
 
 

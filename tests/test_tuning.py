@@ -2,9 +2,6 @@
 
 import glob
 import os
-import subprocess
-import sys
-import textwrap
 import warnings
 
 import keras
@@ -15,6 +12,7 @@ import tensorflow as tf
 
 import mtk
 from mtk import tuning
+from testing import run_python
 
 HEADS = ("item", "flag", "price")
 # Models are built, trials counted: module-level so KerasTuner's deep copies
@@ -370,51 +368,39 @@ def test_other_bad_arguments_fail_before_training(tmp_path, kwargs, match):
 
 # === Distribution ===
 
-MIRRORED_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    import tensorflow as tf
+MIRRORED_SCRIPT = """
+import tensorflow as tf
+import test_tuning
+from mtk import tuning
 
-    # Two logical CPUs: configured before TensorFlow initialises its devices.
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    sys.path.insert(0, sys.argv[2])
-    import test_tuning
-    from mtk import tuning
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+built_in = []
+def make_model():
+    built_in.append(tf.distribute.get_strategy())
+    return test_tuning.make_model()
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    built_in = []
-    def make_model():
-        built_in.append(tf.distribute.get_strategy())
-        return test_tuning.make_model()
-
-    tuner = tuning.tune_loss_weights(
-        make_model, test_tuning.vector_data(),
-        validation_data=test_tuning.vector_data(32, seed=1),
-        max_trials=1, epochs=1, finetune_epochs=1, directory=sys.argv[1],
-        distribution_strategy=strategy, verbose=0)
-    (row,) = tuner.trials_table(print_table=False)
-    assert built_in[-1] is strategy, built_in
-    model = tuner.best_model()
-    assert model.distribute_strategy is strategy
-    assert strategy.num_replicas_in_sync == 2
-    print("WEIGHTS", sorted(tuner.best_loss_weights()))
-    print("SCORE", row[tuning.OBJECTIVE])
-    """
-)
+tuner = tuning.tune_loss_weights(
+    make_model, test_tuning.vector_data(),
+    validation_data=test_tuning.vector_data(32, seed=1),
+    max_trials=1, epochs=1, finetune_epochs=1, directory=sys.argv[1],
+    distribution_strategy=strategy, verbose=0)
+(row,) = tuner.trials_table(print_table=False)
+model = tuner.best_model()
+report({
+    "built_in_strategy": built_in[-1] is strategy,
+    "best_model_strategy": model.distribute_strategy is strategy,
+    "replicas": strategy.num_replicas_in_sync,
+    "weights": sorted(tuner.best_loss_weights()),
+    "score": float(row[tuning.OBJECTIVE]),
+})
+"""
 
 
 @pytest.mark.slow
 def test_tuner_runs_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path), os.path.dirname(__file__)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "WEIGHTS ['flag', 'item', 'price']" in result.stdout
-    score = float(result.stdout.split("SCORE ")[1].split()[0])
-    assert np.isfinite(score)
+    result = run_python(MIRRORED_SCRIPT, tmp_path, logical_cpus=2, args=[tmp_path],
+                        timeout=300)
+    assert result["built_in_strategy"] and result["best_model_strategy"]
+    assert result["replicas"] == 2
+    assert result["weights"] == ["flag", "item", "price"]
+    assert np.isfinite(result["score"])

@@ -243,3 +243,68 @@ def test_rep_grad_moves_the_trunk_along_the_features_direction():
     for b, v, e in zip(before, shared, expected):
         np.testing.assert_allclose((b - v.numpy()) / 0.1, e.numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(model.loss_weighting.last_weights.numpy(), weights, rtol=1e-5)
+
+
+def test_compare_reports_each_method_against_the_baseline(capsys):
+    x, y = _regression_data(scales=(1.0, 10.0), n=128)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    built = []
+
+    def make_model(loss_weighting):
+        built.append(loss_weighting)
+        return _regression_model(loss_weighting)
+
+    rows = mtk.weighting.compare(
+        make_model, ds, ds, ["static", lambda: mtk.weighting.PCGrad(rep_grad=True)],
+        seeds=2, epochs=2)
+    assert [row["method"] for row in rows] == ["static", "pcgrad"]
+    assert len(built) == 4 and isinstance(built[1], mtk.weighting.PCGrad)
+    static, pcgrad = rows
+    assert static["Δm vs static (%)"] == "+0.00 ± 0.00"
+    assert static["step / static"] == "1.00 ± 0.00×"
+    # Δm is paired per seed: recompute it from the stored runs.
+    deltas = [mtk.evaluation.delta_m(p["metrics"], s["metrics"], False)
+              for p, s in zip(pcgrad["runs"], static["runs"])]
+    assert pcgrad["Δm vs static (%)"].startswith(f"{np.mean(deltas):+.2f} ± ")
+    assert sorted(pcgrad["runs"][0]["metrics"]) == ["t0", "t1"]
+    assert "| pcgrad" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(methods=["static", "softmax"]), "Unknown loss_weighting 'softmax'"),
+    (dict(methods=["static"], epochs=1), "epochs must be an integer >= 2"),
+    (dict(methods=["static"], baseline="dwa"), r"baseline 'dwa' is not among \['static'\]"),
+    (dict(methods=["static", "static"]), "labels must be distinct"),
+])
+def test_compare_refuses_bad_arguments_before_training(kwargs, message):
+    def make_model(loss_weighting):
+        raise AssertionError("trained despite bad arguments")
+
+    with pytest.raises(ValueError, match=message):
+        mtk.weighting.compare(make_model, None, None, **kwargs)
+
+
+def test_gradient_methods_warn_on_a_frozen_trunk_except_in_fit_transfer_phase_1():
+    x, y = _regression_data(n=32)
+    model = _regression_model("upgrad")
+    mtk.freeze_trunk(model)
+    mtk.recompile(model)
+    with pytest.warns(UserWarning, match="UPGrad balances .* the trunk is frozen"):
+        model.fit(x, y, epochs=1, verbose=0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*trunk is frozen")
+        mtk.fit_transfer(model, x, y=y, frozen_epochs=1, finetune_epochs=1, verbose=0)
+
+
+def test_static_weighting_takes_fixed_weights_that_compile_overrides():
+    x, y = _regression_data(n=32)
+    model = _regression_model(mtk.weighting.StaticWeighting(loss_weights={"t1": 3.0}))
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(logs["t0_loss"] + 3.0 * logs["t1_loss"], rel=1e-5)
+    assert model.get_compile_config()["loss_weights"] == {"t0": 1.0, "t1": 3.0}
+    mtk.compile_multitask(model, loss_weights={"t0": 2.0})
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(2.0 * logs["t0_loss"] + logs["t1_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match=r"loss_weights names head\(s\) \['t9'\]"):
+        _regression_model(mtk.weighting.StaticWeighting(loss_weights={"t9": 1.0}))

@@ -275,7 +275,11 @@ def test_compiled_with_xla_as_in_eager():
     for weighting in _make_all():
         weighting.setup(["a", "b", "c", "d"])
         eager = weighting.gramian_weights(gramian, losses)
-        compiled = tf.function(weighting.gramian_weights, jit_compile=True)(gramian, losses)
+        # A closure, not the bound method: tracing must not see the layer as
+        # an argument (it would rebuild it from its config).
+        compiled = tf.function(
+            lambda g, l, w=weighting: w.gramian_weights(g, l), jit_compile=True
+        )(gramian, losses)
         np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-6)
 
 

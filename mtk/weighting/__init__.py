@@ -17,6 +17,13 @@ tf.distribute and mixed precision too:
 - ``"pcgrad"`` (`PCGrad`, Yu et al. 2020): projects conflicting components
   of the task gradients on the trunk off each other. Tasks whose gradients
   conflict; about one trunk backward pass per task.
+- Loss level, also: ``"rlw"``, ``"gls"``, ``"famo"``, ``"db_mtl"``,
+  ``"stch"`` (`mtk.weighting.loss_balancing`).
+- Gradient level, also: ``"mgda"``, ``"cagrad"``, ``"nash_mtl"``,
+  ``"upgrad"`` (`mtk.weighting.min_norm`); ``"imtl"``, ``"gradvac"``,
+  ``"aligned_mtl"``, ``"graddrop"`` (`mtk.weighting.alignment`). Each
+  takes ``rep_grad=True`` to work on gradients at the shared features (one
+  trunk backward pass instead of K; GradDrop always does).
 
 Effective weights are logged every epoch as ``<head>_loss_weight`` (dynamic
 methods). ``loss`` and ``val_loss`` mean the same for every method: the sum
@@ -28,21 +35,51 @@ restored by ``BackupAndRestore`` and carries over fit_transfer's phases. The
 contract a method follows is in `mtk.weighting.base`.
 """
 
+from mtk.weighting.alignment import IMTL
+from mtk.weighting.alignment import AlignedMTL
+from mtk.weighting.alignment import GradDrop
+from mtk.weighting.alignment import GradVac
+from mtk.weighting.base import GradientWeighting
 from mtk.weighting.base import LossWeighting
 from mtk.weighting.base import StaticWeighting
 from mtk.weighting.gradient_level import GradNorm
 from mtk.weighting.gradient_level import PCGrad
 from mtk.weighting.gradient_level import project_conflicting
+from mtk.weighting.loss_balancing import FAMO
+from mtk.weighting.loss_balancing import DualBalancing
+from mtk.weighting.loss_balancing import GeometricLossStrategy
+from mtk.weighting.loss_balancing import RandomLossWeighting
+from mtk.weighting.loss_balancing import SmoothTchebycheff
 from mtk.weighting.loss_level import DynamicWeightAverage
 from mtk.weighting.loss_level import UncertaintyWeighting
 from mtk.weighting.loss_level import dwa_weights
+from mtk.weighting.min_norm import MGDA
+from mtk.weighting.min_norm import CAGrad
+from mtk.weighting.min_norm import NashMTL
+from mtk.weighting.min_norm import UPGrad
 
 _CLASSES = (
+    # Loss level: one backward pass.
     StaticWeighting,
     UncertaintyWeighting,
     DynamicWeightAverage,
+    RandomLossWeighting,
+    GeometricLossStrategy,
+    FAMO,
+    DualBalancing,
+    SmoothTchebycheff,
+    # Gradient norms at the shared features.
     GradNorm,
+    # Gradient level: a direction from the task gradients' Gramian.
     PCGrad,
+    MGDA,
+    CAGrad,
+    NashMTL,
+    UPGrad,
+    IMTL,
+    GradVac,
+    AlignedMTL,
+    GradDrop,
 )
 METHODS = tuple(cls.method for cls in _CLASSES)
 _CLASS_OF_METHOD = {cls.method: cls for cls in _CLASSES}
@@ -71,3 +108,6 @@ def get_loss_weighting(loss_weighting="static"):
         f"Unknown loss_weighting {loss_weighting!r}; expected one of "
         f"{list(METHODS)} or an mtk.weighting.LossWeighting object."
     )
+
+
+from mtk.weighting.comparison import compare  # noqa: E402  (needs METHODS)

@@ -213,11 +213,15 @@ class StaticWeighting(LossWeighting):
     2022). Tune them with `mtk.tuning`. Heads left out of ``loss_weights``
     weigh 1.
 
+    Args:
+        loss_weights: ``{head: weight}`` to use when ``compile`` gives none
+            (e.g. weights found by `mtk.tuning`); compile's ``loss_weights``
+            take precedence.
+
     Example:
 
-    >>> weighting = mtk.weighting.StaticWeighting()
+    >>> weighting = mtk.weighting.StaticWeighting(loss_weights={"a": 2.0})
     >>> weighting.setup(["a", "b"])
-    >>> weighting.set_loss_weights({"a": 2.0})
     >>> float(weighting.combine({"a": 1.0, "b": 3.0}))
     5.0
     """
@@ -226,16 +230,45 @@ class StaticWeighting(LossWeighting):
     accepts_loss_weights = True
     min_heads = 1
 
+    def __init__(self, loss_weights=None, **kwargs):
+        super().__init__(**kwargs)
+        if loss_weights is not None:
+            if not isinstance(loss_weights, dict):
+                raise TypeError(
+                    "StaticWeighting: loss_weights must be a dict keyed by head "
+                    f"name, got {type(loss_weights).__name__}."
+                )
+            for name, weight in loss_weights.items():
+                check_positive("StaticWeighting", f"loss_weights[{name!r}]",
+                               weight, allow_zero=True)
+            loss_weights = {name: float(w) for name, w in loss_weights.items()}
+        self.default_loss_weights = loss_weights
+
     def setup(self, head_names):
+        unknown = sorted(set(self.default_loss_weights or {}) - set(head_names))
+        if unknown:
+            raise ValueError(
+                f"StaticWeighting: loss_weights names head(s) {unknown} that the "
+                f"model lacks; its heads are {sorted(head_names)}."
+            )
         super().setup(head_names)
         self.set_loss_weights(None)
 
     def set_loss_weights(self, loss_weights):
-        """Sets the weights (``{head: weight}``; missing heads weigh 1)."""
-        loss_weights = loss_weights or {}
+        """Sets the weights (``{head: weight}``; missing heads weigh 1).
+
+        None restores the constructor's ``loss_weights`` (or all 1).
+        """
+        if loss_weights is None:
+            loss_weights = self.default_loss_weights or {}
         self.loss_weights = {
             name: float(loss_weights.get(name, 1.0)) for name in self.head_names
         }
+
+    def get_config(self):
+        config = super().get_config()
+        config["loss_weights"] = self.default_loss_weights
+        return config
 
     def current_weights(self):
         return {
