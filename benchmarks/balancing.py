@@ -60,19 +60,6 @@ def parse_args():
     return parser.parse_args()
 
 
-def lenet(input_shape):
-    """A LeNet-style CNN, as the MultiMNIST / MultiFashion papers use."""
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Rescaling(1.0 / 255)(inputs)
-    x = keras.layers.Conv2D(16, 5, activation="relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Conv2D(32, 5, activation="relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Flatten()(x)
-    outputs = keras.layers.Dense(64, activation="relu")(x)
-    return keras.Model(inputs, outputs, name="lenet")
-
-
 def mlp(input_dim):
     inputs = keras.Input((input_dim,))
     x = keras.layers.Dense(64, activation="relu")(inputs)
@@ -83,7 +70,7 @@ def mlp(input_dim):
 def multi_fashion(args):
     splits = mtk.data.load_multi_fashion(args.train_size, args.test_size, args.data_dir)
     heads = lambda: mtk.data.multi_fashion_heads()  # noqa: E731
-    return splits, lambda: lenet((36, 36, 1)), heads
+    return splits, lambda: mtk.data.lenet((36, 36, 1)), heads
 
 
 def fashion_trio(args):
@@ -105,7 +92,7 @@ def fashion_trio(args):
     heads = lambda: [mtk.heads.Classification("item", 10),  # noqa: E731
                      mtk.heads.Classification("group", 4),
                      mtk.heads.Regression("ink")]
-    return splits, lambda: lenet((28, 28, 1)), heads
+    return splits, lambda: mtk.data.lenet((28, 28, 1)), heads
 
 
 def conflict(args, cosine=-0.8, dim=16):

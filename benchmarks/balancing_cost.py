@@ -51,25 +51,13 @@ def parse_args():
     return parser.parse_args()
 
 
-def trunk():
-    inputs = keras.Input((36, 36, 1))
-    x = keras.layers.Rescaling(1.0 / 255)(inputs)
-    x = keras.layers.Conv2D(16, 5, activation="relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Conv2D(32, 5, activation="relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Flatten()(x)
-    outputs = keras.layers.Dense(64, activation="relu")(x)
-    return keras.Model(inputs, outputs, name="trunk")
-
-
 def task_names(k):
     return [f"task{i}" for i in range(k)]
 
 
 def hand_written_model(k):
     """The same graph as mtk's, as a plain Keras user would write it."""
-    network = trunk()
+    network = mtk.data.lenet()
     inputs = keras.Input((36, 36, 1))
     features = network(inputs)
     outputs = {t: keras.layers.Dense(10, activation="softmax", dtype="float32", name=t)(features)
@@ -95,7 +83,7 @@ def build(label, k):
     if variant:
         weighting = type(weighting)(rep_grad=True)
     return mtk.build_multitask_model(
-        trunk(), heads=[mtk.heads.Classification(t, 10) for t in task_names(k)],
+        mtk.data.lenet(), heads=[mtk.heads.Classification(t, 10) for t in task_names(k)],
         freeze_trunk=False, loss_weighting=weighting)
 
 

@@ -10,6 +10,7 @@ Modes:
     multi_worker: fit_transfer under get_strategy("multi_worker"), TF_CONFIG
         from the environment.
     backup: fit_transfer on one device.
+    (--loss-weighting picks the balancing method; default static.)
     upstream: plain Keras `model.fit` of a one-layer model under a plain
         `tf.distribute.MultiWorkerMirroredStrategy`; writes the error it
         raises (keras-team/keras#20585) to ``<out>/<name>.error.txt``.
@@ -64,7 +65,7 @@ def data(n=32, seed=0):
     return dataset.with_options(options)
 
 
-def build(strategy=None):
+def build(strategy=None, loss_weighting="static"):
     import keras
 
     import mtk
@@ -88,6 +89,7 @@ def build(strategy=None):
             mtk.heads.Regression("price"),
         ],
         learning_rate=1e-2,
+        loss_weighting=loss_weighting,
         strategy=strategy,
     )
 
@@ -186,6 +188,7 @@ def main(argv=None):
     parser.add_argument("--kill-epoch", type=int)
     parser.add_argument("--kill-batch", type=int, default=0)
     parser.add_argument("--reference", action="store_true")
+    parser.add_argument("--loss-weighting", default="static")
     args = parser.parse_args(argv)
     prefix = os.path.join(args.out, args.name)
 
@@ -211,13 +214,13 @@ def main(argv=None):
     if args.kill_epoch is not None:
         callbacks.append(killer(args.kill_epoch, args.kill_batch))
 
-    model = build(strategy)
+    model = build(strategy, args.loss_weighting)
     save(prefix + ".init.npz", [w.numpy() for w in model.weights])
     save(prefix + ".npz", train(model, callbacks))
     if args.mode == "mirrored":
         fit_string_model(strategy, prefix + ".text.json")
     if args.reference:
-        save(prefix + ".single.npz", train(build()))
+        save(prefix + ".single.npz", train(build(loss_weighting=args.loss_weighting)))
     return 0
 
 

@@ -384,9 +384,12 @@ def test_upstream_keras_still_fails_with_plain_multi_worker_strategy(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_workers_on_localhost_train_identical_weights(tmp_path):
+@pytest.mark.parametrize("method", ["static", "upgrad"])
+def test_two_workers_on_localhost_train_identical_weights(tmp_path, method):
+    """Gradient-level methods too: UPGrad all-reduces the task Jacobian."""
     results = run_cluster(
-        ["multi_worker"], tmp_path, free_ports(2), first_args=["--reference"]
+        ["multi_worker", "--loss-weighting", method], tmp_path, free_ports(2),
+        first_args=["--reference"],
     )
     for returncode, output in results:
         assert returncode == 0, output[-3000:]

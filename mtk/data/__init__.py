@@ -20,6 +20,7 @@ from mtk.data.labels import missing_label
 from mtk.data.mixing import mix
 from mtk.data.multi_fashion import MultiFashion
 from mtk.data.multi_fashion import MultiFashionConfig
+from mtk.data.multi_fashion import lenet
 from mtk.data.multi_fashion import load_multi_fashion
 from mtk.data.multi_fashion import multi_fashion_heads
 from mtk.data.tfds_pipeline import from_tfds
@@ -32,6 +33,7 @@ __all__ = [
     "from_tfds",
     "label_spec",
     "load_fashion_mnist",
+    "lenet",
     "load_multi_fashion",
     "missing_label",
     "mix",

@@ -19,6 +19,7 @@ the dataset's label features).
 
 import dataclasses
 
+import keras
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -234,6 +235,27 @@ def _manual_dir(dl_manager):
         return dl_manager.manual_dir
     except AssertionError:
         return None
+
+
+def lenet(input_shape=(36, 36, 1), name="lenet"):
+    """A LeNet-style CNN, the shared network of the MultiMNIST / MultiFashion
+    papers (Sener & Koltun 2018): two 5x5 convolutions with max pooling and
+    a 64-unit dense layer, on raw pixels 0-255.
+
+    Example:
+
+    >>> mtk.data.lenet().output.shape
+    (None, 64)
+    """
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    x = keras.layers.Conv2D(16, 5, activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(32, 5, activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(64, activation="relu")(x)
+    return keras.Model(inputs, outputs, name=name)
 
 
 def multi_fashion_heads(names=tuple(TASKS)):
