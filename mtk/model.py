@@ -296,6 +296,8 @@ class MultiTaskModel(keras.Model):
             self._loss_weights = dict(self.loss_weighting.loss_weights)
         else:
             self._loss_weights = {name: 1.0 for name in names}
+        metrics = self._head_metrics(metrics)
+        self._metric_names = {h: [m.name for m in ms] for h, ms in metrics.items()}
         super().compile(
             optimizer=optimizer,
             loss=None,
@@ -304,9 +306,34 @@ class MultiTaskModel(keras.Model):
                 dict(self._loss_weights)
                 if self.loss_weighting.accepts_loss_weights else None
             ),
-            metrics=self._head_metrics(metrics),
+            metrics=metrics,
             **kwargs,
         )
+
+    def log_names(self):
+        """The names `fit` logs for training data (``val_`` + name for
+        validation data), as Keras names them: ``<head>_<metric>`` with
+        several heads, the bare metric with one.
+
+        Example:
+
+        >>> model = mtk.build_multitask_model(
+        ...     keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)]),
+        ...     heads=[mtk.heads.Binary("flag"), mtk.heads.Regression("price")],
+        ...     trunk_weights=None, loss_weighting="dwa")
+        >>> model.log_names()
+        ['loss', 'flag_loss', 'price_loss', 'flag_accuracy', 'flag_auc', 'price_mae', 'flag_loss_weight', 'price_loss_weight']
+        """
+        if not self.compiled:
+            raise ValueError(
+                f"Model {self.name!r} is not compiled; what it logs depends on "
+                "its compiled metrics."
+            )
+        several = len(self.heads) > 1
+        names = ["loss"] + [tracker.name for tracker in self._head_loss_trackers]
+        for head, metrics in self._metric_names.items():
+            names += [f"{head}_{m}" if several else m for m in metrics]
+        return names + [tracker.name for tracker in self._loss_weight_trackers]
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)

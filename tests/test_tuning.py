@@ -335,8 +335,8 @@ def test_unknown_head_fails_before_any_trial(tmp_path, kwargs, match):
     assert trial_dirs(tmp_path) == [] and EPOCHS == []
 
 
-def test_objective_never_logged_fails_at_first_epoch(tmp_path):
-    with pytest.raises(ValueError, match="val_nope_accuracy") as error:
+def test_objective_never_logged_fails_before_any_trial(tmp_path):
+    with pytest.raises(ValueError, match="'val_nope_accuracy' is never logged") as error:
         tune(
             tmp_path,
             objective="val_nope_accuracy",
@@ -344,9 +344,17 @@ def test_objective_never_logged_fails_at_first_epoch(tmp_path):
             epochs=3,
             callbacks=[count_epochs()],
         )
-    assert "val_item_accuracy" in str(error.value)  # lists what is logged
-    assert EPOCHS == [0]
-    assert len(trial_dirs(tmp_path)) == 1
+    assert "'val_item_accuracy'" in str(error.value)  # lists what is logged
+    assert EPOCHS == [] and trial_dirs(tmp_path) == []
+
+
+def test_log_names_are_what_fit_logs(tmp_path):
+    model = make_model()
+    mtk.compile_multitask(model)
+    history = model.fit(vector_data(), validation_data=vector_data(32, seed=1),
+                        epochs=1, verbose=0).history
+    names = model.log_names()
+    assert sorted(history) == sorted(names + ["val_" + n for n in names])
 
 
 @pytest.mark.parametrize(

@@ -268,6 +268,16 @@ def test_degenerate_gramians_give_finite_weights(gradients):
 
 
 @pytest.mark.slow
+def _xla(weighting):
+    """``weighting.gramian_weights`` under XLA, with the layer closed over:
+    as a traced argument (a bound method's self, a default value) TensorFlow
+    would treat the layer as an input of the function."""
+    def weights(gramian, losses):
+        return weighting.gramian_weights(gramian, losses)
+
+    return tf.function(weights, jit_compile=True)
+
+
 def test_compiled_with_xla_as_in_eager():
     g = _gradients(4, seed=13)
     gramian = tf.constant(g @ g.T, "float32")
@@ -275,11 +285,7 @@ def test_compiled_with_xla_as_in_eager():
     for weighting in _make_all():
         weighting.setup(["a", "b", "c", "d"])
         eager = weighting.gramian_weights(gramian, losses)
-        # A closure, not the bound method: tracing must not see the layer as
-        # an argument (it would rebuild it from its config).
-        compiled = tf.function(
-            lambda g, l, w=weighting: w.gramian_weights(g, l), jit_compile=True
-        )(gramian, losses)
+        compiled = _xla(weighting)(gramian, losses)
         np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-6)
 
 

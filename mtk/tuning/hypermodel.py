@@ -190,6 +190,8 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
         self.baselines = baselines
         self._references = None
         self._references_for = None
+        # Filled in by build(): every log name a trial will have.
+        self.logged_names = None
 
     def build(self, hp):
         model = self.make_model(hp) if self._takes_hp else self.make_model()
@@ -233,6 +235,12 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
             model,
             optimizer=get_optimizer(self.optimizer, learning_rate),
             loss_weights=weights,
+        )
+        # What a trial will log (checked against the objective before the
+        # search: a name never logged would only fail after an epoch).
+        names = model.log_names()
+        self.logged_names = sorted(
+            set(names) | {"val_" + n for n in names} | {OBJECTIVE}
         )
         return model
 

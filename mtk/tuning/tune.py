@@ -1,5 +1,7 @@
 """`tune_loss_weights`: the entry point of loss-weight tuning."""
 
+import keras_tuner
+
 from mtk.tuning.hypermodel import DEFAULT_WEIGHT_RANGE
 from mtk.tuning.hypermodel import MultiTaskHyperModel
 from mtk.tuning.score import OBJECTIVE
@@ -80,8 +82,8 @@ def tune_loss_weights(
 
     Raises:
         ValueError: for a bad weight range, a head name the model lacks, a
-            missing ``validation_data``, or, at the first epoch, an
-            objective that is never logged.
+            missing ``validation_data``, or an objective that the models
+            never log (before the search, listing what they log).
 
     Example:
 
@@ -156,6 +158,17 @@ def tune_loss_weights(
         executions_per_trial=executions_per_trial,
         **budget,
     )
+    # KerasTuner built one model to learn the search space: what it logs
+    # tells whether the objective ever will be.
+    if hypermodel.logged_names is None:
+        hypermodel.build(keras_tuner.HyperParameters())
+    name = search.oracle.objective.name
+    if name not in hypermodel.logged_names:
+        raise ValueError(
+            f"The objective {name!r} is never logged; the models log "
+            f"{hypermodel.logged_names}. Use {OBJECTIVE!r} or one of the val_ "
+            "metrics."
+        )
     search.search(
         train_data, validation_data=validation_data, epochs=epochs, **fit_kwargs
     )

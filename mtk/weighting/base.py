@@ -90,6 +90,17 @@ class LossWeighting(keras.layers.Layer):
     def build_state(self, num_heads):
         """Creates state variables (override)."""
 
+    def add_state(self, name, shape, initializer="zeros", dtype=None):
+        """A state variable the step assigns (not trained by any optimizer).
+
+        Every replica assigns the same value, so ``aggregation="mean"`` keeps
+        the mirrored copies equal.
+        """
+        return self.add_weight(
+            shape=shape, initializer=initializer, dtype=dtype, trainable=False,
+            aggregation="mean", name=name,
+        )
+
     @property
     def learned_variables(self):
         """Variables the method learns by gradient with its own optimizer.
@@ -154,11 +165,7 @@ class GradientWeighting(LossWeighting):
         self.rep_grad = rep_grad
 
     def build_state(self, num_heads):
-        # Every replica computes the same weights; "mean" keeps copies equal.
-        self.last_weights = self.add_weight(
-            shape=(num_heads,), initializer="ones", trainable=False,
-            aggregation="mean", name="last_weights",
-        )
+        self.last_weights = self.add_state("last_weights", (num_heads,), "ones")
 
     def gramian_weights(self, gramian, losses):
         """The weights ``w`` (``(K,)``) of the shared update ``G^T w``.
@@ -290,4 +297,20 @@ def check_positive(owner, argument, value, allow_zero=False):
         raise ValueError(
             f"{owner}: {argument} must be a finite number {bound}, got "
             f"{value!r}."
+        )
+
+
+def check_integer(owner, argument, value, minimum=0):
+    """Raises a ValueError unless ``value`` is an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"{owner}: {argument} must be an integer >= {minimum}, got {value!r}."
+        )
+
+
+def check_choice(owner, argument, value, choices):
+    """Raises a ValueError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(
+            f"{owner}: {argument} must be one of {list(choices)}, got {value!r}."
         )

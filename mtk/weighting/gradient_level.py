@@ -48,15 +48,8 @@ class GradNorm(LossWeighting):
         self.shared_layer = shared_layer
 
     def build_state(self, num_heads):
-        # Every replica applies the same update; "mean" keeps copies equal.
-        def state(initializer, name):
-            return self.add_weight(
-                shape=(num_heads,), initializer=initializer, trainable=False,
-                aggregation="mean", name=name,
-            )
-
-        self.task_weights = state("ones", "task_weights")
-        self.initial_losses = state("zeros", "initial_losses")
+        self.task_weights = self.add_state("task_weights", (num_heads,), "ones")
+        self.initial_losses = self.add_state("initial_losses", (num_heads,))
 
     def current_weights(self):
         return {name: self.task_weights[i] for i, name in enumerate(self.head_names)}

@@ -19,35 +19,16 @@ import tensorflow as tf
 from keras import ops
 
 from mtk.weighting.base import LossWeighting
+from mtk.weighting.base import check_choice
+from mtk.weighting.base import check_integer
 from mtk.weighting.base import check_positive
-
-
-def _check_integer(owner, argument, value, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"{owner}: {argument} must be an integer >= {minimum}, got {value!r}."
-        )
-
-
-def _check_choice(owner, argument, value, choices):
-    if value not in choices:
-        raise ValueError(
-            f"{owner}: {argument} must be one of {list(choices)}, got {value!r}."
-        )
 
 
 class _RecordedWeights(LossWeighting):
     """Keeps the last step's effective weights in a variable for logging."""
 
     def build_state(self, num_heads):
-        self.last_weights = self._state("last_weights", (num_heads,), "ones")
-
-    def _state(self, name, shape, initializer):
-        # Every replica assigns the same value; "mean" keeps copies equal.
-        return self.add_weight(
-            shape=shape, initializer=initializer, trainable=False,
-            aggregation="mean", name=name,
-        )
+        self.last_weights = self.add_state("last_weights", (num_heads,), "ones")
 
     def _stack(self, losses):
         return ops.stack(
@@ -103,11 +84,11 @@ class RandomLossWeighting(_RecordedWeights):
     DISTRIBUTIONS = ("normal", "uniform")
 
     def __init__(self, distribution="normal", seed=None, **kwargs):
-        _check_choice("RandomLossWeighting", "distribution", distribution,
+        check_choice("RandomLossWeighting", "distribution", distribution,
                       self.DISTRIBUTIONS)
         if seed is None:
             seed = random.randrange(2**31 - 1)
-        _check_integer("RandomLossWeighting", "seed", seed)
+        check_integer("RandomLossWeighting", "seed", seed)
         if seed >= 2**31:
             raise ValueError(
                 f"RandomLossWeighting: seed must be an integer < 2**31, got {seed!r}."
@@ -118,7 +99,7 @@ class RandomLossWeighting(_RecordedWeights):
 
     def build_state(self, num_heads):
         super().build_state(num_heads)
-        self.steps = self._state("steps", (), "zeros")
+        self.steps = self.add_state("steps", (), "zeros")
 
     def draw(self, step):
         """The raw draws ``lambda`` of a step (before the softmax).
@@ -250,18 +231,18 @@ class FAMO(_RecordedWeights):
 
     def __init__(self, weight_decay=1e-3, logits_optimizer="adam", **kwargs):
         check_positive("FAMO", "weight_decay", weight_decay, allow_zero=True)
-        _check_choice("FAMO", "logits_optimizer", logits_optimizer, self.OPTIMIZERS)
+        check_choice("FAMO", "logits_optimizer", logits_optimizer, self.OPTIMIZERS)
         super().__init__(**kwargs)
         self.weight_decay = weight_decay
         self.logits_optimizer = logits_optimizer
 
     def build_state(self, num_heads):
         super().build_state(num_heads)
-        self.logits = self._state("logits", (num_heads,), "zeros")
-        self.previous_losses = self._state("previous_losses", (num_heads,), "zeros")
-        self.steps = self._state("steps", (), "zeros")
-        self.first_moment = self._state("first_moment", (num_heads,), "zeros")
-        self.second_moment = self._state("second_moment", (num_heads,), "zeros")
+        self.logits = self.add_state("logits", (num_heads,), "zeros")
+        self.previous_losses = self.add_state("previous_losses", (num_heads,), "zeros")
+        self.steps = self.add_state("steps", (), "zeros")
+        self.first_moment = self.add_state("first_moment", (num_heads,), "zeros")
+        self.second_moment = self.add_state("second_moment", (num_heads,), "zeros")
 
     def logits_gradient(self, previous, current):
         """``delta``: the gradient that ``xi`` descends (without the decay).
@@ -424,7 +405,7 @@ class SmoothTchebycheff(_RecordedWeights):
 
     def __init__(self, mu=1.0, warmup_epochs=4, preference=None, **kwargs):
         check_positive("SmoothTchebycheff", "mu", mu)
-        _check_integer("SmoothTchebycheff", "warmup_epochs", warmup_epochs)
+        check_integer("SmoothTchebycheff", "warmup_epochs", warmup_epochs)
         if preference is not None:
             if not isinstance(preference, dict):
                 raise ValueError(
@@ -450,11 +431,11 @@ class SmoothTchebycheff(_RecordedWeights):
 
     def build_state(self, num_heads):
         super().build_state(num_heads)
-        self.epochs_seen = self._state("epochs_seen", (), "zeros")
-        self.loss_sums = self._state("loss_sums", (num_heads,), "zeros")
-        self.loss_counts = self._state("loss_counts", (num_heads,), "zeros")
+        self.epochs_seen = self.add_state("epochs_seen", (), "zeros")
+        self.loss_sums = self.add_state("loss_sums", (num_heads,), "zeros")
+        self.loss_counts = self.add_state("loss_counts", (num_heads,), "zeros")
         # n_i: 0 until measured.
-        self.reference_losses = self._state("reference_losses", (num_heads,), "zeros")
+        self.reference_losses = self.add_state("reference_losses", (num_heads,), "zeros")
 
     def preference_vector(self):
         """The ``(K,)`` preferences ``lambda``, rescaled to mean 1."""

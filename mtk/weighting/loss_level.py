@@ -106,15 +106,10 @@ class DynamicWeightAverage(LossWeighting):
         self.temperature = temperature
 
     def build_state(self, num_heads):
-        def state(shape, initializer, name):
-            return self.add_weight(
-                shape=shape, initializer=initializer, trainable=False, name=name
-            )
-
-        self.task_weights = state((num_heads,), "ones", "task_weights")
+        self.task_weights = self.add_state("task_weights", (num_heads,), "ones")
         # Rows: the epoch before last, the last epoch.
-        self.loss_history = state((2, num_heads), "zeros", "loss_history")
-        self.epochs_seen = state((), "zeros", "epochs_seen")
+        self.loss_history = self.add_state("loss_history", (2, num_heads))
+        self.epochs_seen = self.add_state("epochs_seen", ())
 
     def current_weights(self):
         return {name: self.task_weights[i] for i, name in enumerate(self.head_names)}

@@ -28,6 +28,7 @@ import tensorflow as tf
 from keras import ops
 
 from mtk.weighting.base import GradientWeighting
+from mtk.weighting.base import check_integer
 from mtk.weighting.base import check_positive
 
 # Below this a squared norm counts as zero (float32 gradients of mean losses).
@@ -46,13 +47,6 @@ def _graph_when_eager(function):
         return function(*args, **kwargs)
 
     return wrapper
-
-
-def _check_count(owner, argument, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"{owner}: {argument} must be an integer >= 1, got {value!r}."
-        )
 
 
 def _safe_divide(numerator, denominator):
@@ -418,7 +412,7 @@ class MGDA(GradientWeighting):
                 f"MGDA: normalization must be one of {list(self.NORMALIZATIONS)}, "
                 f"got {normalization!r}."
             )
-        _check_count("MGDA", "max_iters", max_iters)
+        check_integer("MGDA", "max_iters", max_iters, minimum=1)
         super().__init__(**kwargs)
         self.normalization = normalization
         self.max_iters = max_iters
@@ -483,7 +477,7 @@ class CAGrad(GradientWeighting):
         check_positive("CAGrad", "c", c, allow_zero=True)
         if rescale not in (0, 1, 2) or isinstance(rescale, bool):
             raise ValueError(f"CAGrad: rescale must be 0, 1 or 2, got {rescale!r}.")
-        _check_count("CAGrad", "max_iters", max_iters)
+        check_integer("CAGrad", "max_iters", max_iters, minimum=1)
         super().__init__(**kwargs)
         self.c = c
         self.rescale = rescale
@@ -545,8 +539,8 @@ class NashMTL(GradientWeighting):
 
     def __init__(self, max_norm=1.0, update_weights_every=1, optim_niter=20, **kwargs):
         check_positive("NashMTL", "max_norm", max_norm, allow_zero=True)
-        _check_count("NashMTL", "update_weights_every", update_weights_every)
-        _check_count("NashMTL", "optim_niter", optim_niter)
+        check_integer("NashMTL", "update_weights_every", update_weights_every, minimum=1)
+        check_integer("NashMTL", "optim_niter", optim_niter, minimum=1)
         super().__init__(**kwargs)
         self.max_norm = max_norm
         self.update_weights_every = update_weights_every
@@ -641,7 +635,7 @@ class UPGrad(GradientWeighting):
             pref_vector = [float(value) for value in pref_vector]
         check_positive("UPGrad", "norm_eps", norm_eps, allow_zero=True)
         check_positive("UPGrad", "reg_eps", reg_eps)
-        _check_count("UPGrad", "max_iters", max_iters)
+        check_integer("UPGrad", "max_iters", max_iters, minimum=1)
         super().__init__(**kwargs)
         self.pref_vector = pref_vector
         self.norm_eps = norm_eps
