@@ -147,6 +147,23 @@ def methods_to_compare(args, weights):
     return methods
 
 
+def print_against_tuned(rows, model):
+    """Δm of every method against tuned static weights, paired per seed."""
+    tuned = next(row for row in rows if row["method"] == "static (tuned)")["runs"]
+    directions = mtk.evaluation.higher_is_better(model)
+    table = []
+    for row in rows:
+        if row["method"] == "static (tuned)":
+            continue
+        deltas = [mtk.evaluation.delta_m(run["metrics"], base["metrics"], directions)
+                  for run, base in zip(row["runs"], tuned)]
+        table.append({"method": row["method"],
+                      "Δm vs tuned static (%)": f"{np.mean(deltas):+.2f} ± {np.std(deltas):.2f}",
+                      "seeds better": f"{sum(d > 0 for d in deltas)}/{len(deltas)}"})
+    print(mtk.evaluation.format_table(
+        table, title="Against tuned static weights, paired per seed"), flush=True)
+
+
 def main():
     args = parse_args()
     started = time.time()
@@ -161,10 +178,12 @@ def main():
         weights = tuned_weights(make_model, x, y, args, name) if "static" in args.methods else {}
         print(f"\n## {name}: tuned static weights "
               f"{ {k: round(v, 3) for k, v in weights.items()} }", flush=True)
-        mtk.weighting.compare(
+        rows = mtk.weighting.compare(
             make_model, dataset(x, y, shuffle_seed=0), dataset(x_test, y_test),
             methods_to_compare(args, weights), seeds=args.seeds, epochs=args.epochs,
             baseline="static" if "static" in args.methods else None)
+        if weights:
+            print_against_tuned(rows, make_model("static"))
         print(f"({name}: {args.train_size} train / {args.test_size} test, "
               f"{args.epochs} epochs, batch 128; {time.time() - started:.0f} s so far)",
               flush=True)
