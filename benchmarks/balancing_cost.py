@@ -17,7 +17,6 @@ resident memory at K = 8, each in a fresh process.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -122,11 +121,17 @@ def main():
     if args.one:
         label, k = json.loads(args.one)
         step_seconds(label, k, args)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        # VmHWM: this process's peak resident memory. (getrusage's
+        # ru_maxrss is not reset by exec: it reports the parent's peak.)
+        with open("/proc/self/status") as f:
+            peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        print(peak_kb / 1024)
         return
     labels = labels_for(args)
     for k in args.tasks:
         times = {label: [] for label in labels}
+        if args.rounds == 0:  # memory only
+            times = {label: [float("nan")] for label in labels}
         for round_ in range(args.rounds):
             for label in labels:
                 times[label].append(step_seconds(label, k, args))

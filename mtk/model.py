@@ -660,7 +660,10 @@ class LatestValue(keras.metrics.Metric):
         self.latest.assign(ops.cast(value, self.dtype))
 
     def result(self):
-        return ops.convert_to_tensor(self.latest)
+        # An op, not a bare variable read: under MultiWorkerMirroredStrategy
+        # Keras reduces the step's logs and needs each value placed on the
+        # replica's device.
+        return tf.identity(self.latest)
 
     def reset_state(self):
         self.latest.assign(0.0)

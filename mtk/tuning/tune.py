@@ -1,7 +1,5 @@
 """`tune_loss_weights`: the entry point of loss-weight tuning."""
 
-import keras_tuner
-
 from mtk.tuning.hypermodel import DEFAULT_WEIGHT_RANGE
 from mtk.tuning.hypermodel import MultiTaskHyperModel
 from mtk.tuning.score import OBJECTIVE
@@ -158,12 +156,12 @@ def tune_loss_weights(
         executions_per_trial=executions_per_trial,
         **budget,
     )
-    # KerasTuner built one model to learn the search space: what it logs
-    # tells whether the objective ever will be.
-    if hypermodel.logged_names is None:
-        hypermodel.build(keras_tuner.HyperParameters())
+    # KerasTuner built one model to learn a new search's space: what it logs
+    # tells whether the objective ever will be. (A resumed search builds
+    # none; its objective was checked when it started, and the tuner still
+    # stops at the first epoch if an objective is not logged.)
     name = search.oracle.objective.name
-    if name not in hypermodel.logged_names:
+    if hypermodel.logged_names is not None and name not in hypermodel.logged_names:
         raise ValueError(
             f"The objective {name!r} is never logged; the models log "
             f"{hypermodel.logged_names}. Use {OBJECTIVE!r} or one of the val_ "
