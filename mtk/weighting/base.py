@@ -138,7 +138,25 @@ class LossWeighting(keras.layers.Layer):
         return config
 
 
-class GradientWeighting(LossWeighting):
+class RecordedWeights(LossWeighting):
+    """Base class of methods whose weights are computed each step.
+
+    The step's effective weights are kept in ``last_weights`` (saved with the
+    model) and logged as ``<head>_loss_weight``.
+    """
+
+    def build_state(self, num_heads):
+        self.last_weights = self.add_state("last_weights", (num_heads,), "ones")
+
+    def record(self, weights):
+        """Keeps this step's effective weights for logging."""
+        self.last_weights.assign(ops.stop_gradient(ops.cast(weights, "float32")))
+
+    def current_weights(self):
+        return {name: self.last_weights[i] for i, name in enumerate(self.head_names)}
+
+
+class GradientWeighting(RecordedWeights):
     """Base class of gradient-level methods: a direction from task gradients.
 
     Subclasses implement `gramian_weights`. The shared parameters move along
@@ -164,9 +182,6 @@ class GradientWeighting(LossWeighting):
         super().__init__(**kwargs)
         self.rep_grad = rep_grad
 
-    def build_state(self, num_heads):
-        self.last_weights = self.add_state("last_weights", (num_heads,), "ones")
-
     def gramian_weights(self, gramian, losses):
         """The weights ``w`` (``(K,)``) of the shared update ``G^T w``.
 
@@ -179,7 +194,7 @@ class GradientWeighting(LossWeighting):
     def shared_direction(self, gramian, losses):
         """`gramian_weights`, recorded for logging."""
         weights = ops.cast(self.gramian_weights(gramian, losses), "float32")
-        self.last_weights.assign(weights)
+        self.record(weights)
         return weights
 
     def feature_direction(self, rows, gramian, losses):
@@ -201,9 +216,6 @@ class GradientWeighting(LossWeighting):
     def combine(self, losses):
         # What the heads' own parameters follow: each its task's loss.
         return ops.sum(ops.stack([losses[name] for name in self.head_names]))
-
-    def current_weights(self):
-        return {name: self.last_weights[i] for i, name in enumerate(self.head_names)}
 
     def get_config(self):
         config = super().get_config()

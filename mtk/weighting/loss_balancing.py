@@ -18,28 +18,19 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from mtk.weighting.base import LossWeighting
+from mtk.weighting.base import RecordedWeights
 from mtk.weighting.base import check_choice
 from mtk.weighting.base import check_integer
 from mtk.weighting.base import check_positive
 
 
-class _RecordedWeights(LossWeighting):
-    """Keeps the last step's effective weights in a variable for logging."""
-
-    def build_state(self, num_heads):
-        self.last_weights = self.add_state("last_weights", (num_heads,), "ones")
+class _RecordedWeights(RecordedWeights):
+    """`RecordedWeights` with the per-head losses as one vector."""
 
     def _stack(self, losses):
         return ops.stack(
             [ops.cast(losses[name], "float32") for name in self.head_names]
         )
-
-    def _record(self, weights):
-        self.last_weights.assign(ops.stop_gradient(weights))
-
-    def current_weights(self):
-        return {name: self.last_weights[i] for i, name in enumerate(self.head_names)}
 
 
 def _present(values):
@@ -122,7 +113,7 @@ class RandomLossWeighting(_RecordedWeights):
     def combine(self, losses):
         step = ops.convert_to_tensor(self.steps)
         weights = ops.softmax(self.draw(step))
-        self._record(weights)
+        self.record(weights)
         self.steps.assign(step + 1.0)
         return ops.sum(weights * self._stack(losses))
 
@@ -165,7 +156,7 @@ class GeometricLossStrategy(_RecordedWeights):
         mean = ops.exp(ops.sum(logs) / ops.maximum(count, 1.0))
         objective = ops.where(count > 0.0, mean, 0.0)
         value = ops.stop_gradient(objective)
-        self._record(
+        self.record(
             present * value / (ops.maximum(count, 1.0) * ops.maximum(values, 1e-30))
         )
         return objective
@@ -294,7 +285,7 @@ class FAMO(_RecordedWeights):
         shifted = stacked + self.EPSILON
         inverse_c = ops.sum(present * z / ops.stop_gradient(shifted))
         c = 1.0 / ops.maximum(inverse_c, 1e-30)
-        self._record(present * c * z / (values + self.EPSILON))
+        self.record(present * c * z / (values + self.EPSILON))
         return c * ops.sum(present * z * ops.log(shifted))
 
     def get_config(self):
@@ -345,7 +336,7 @@ class DualBalancing(_RecordedWeights):
     def combine(self, losses):
         stacked = self._stack(losses)
         present = _present(ops.stop_gradient(stacked))
-        self._record(present / (ops.stop_gradient(stacked) + self.epsilon))
+        self.record(present / (ops.stop_gradient(stacked) + self.epsilon))
         return ops.sum(present * ops.log(stacked + self.epsilon))
 
     def get_config(self):
@@ -477,7 +468,7 @@ class SmoothTchebycheff(_RecordedWeights):
         any_present = ops.sum(present) > 0.0
         objective = ops.where(
             any_present, ops.where(active, smooth, warmup), 0.0)
-        self._record(ops.where(active, smooth_weights, warmup_weights))
+        self.record(ops.where(active, smooth_weights, warmup_weights))
         return objective
 
     def end_epoch(self, losses):
