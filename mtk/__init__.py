@@ -12,6 +12,7 @@ from mtk import heads
 from mtk import losses
 from mtk import model
 from mtk import preprocessing
+from mtk import sharing
 from mtk import trunks
 from mtk import tuning
 from mtk import weighting

@@ -10,6 +10,7 @@ from mtk.heads import heads_of
 from mtk.model import MultiTaskModel
 from mtk.model import check_heads
 from mtk.model import check_loss_weights
+from mtk.sharing import get_sharing
 from mtk.training import check_learning_rate
 from mtk.training import get_optimizer
 from mtk.trunks import resolve_trunk
@@ -33,6 +34,7 @@ def build_multitask_model(
     name="multitask",
     strategy=None,
     loss_weighting="static",
+    sharing="hard",
     **compile_kwargs,
 ):
     """Builds a functional multi-task model: one shared trunk, named heads.
@@ -72,6 +74,13 @@ def build_multitask_model(
             `mtk.weighting.LossWeighting` object for its parameters (see
             `mtk.weighting`). ``loss_weights`` belong to ``"static"``; other
             methods set the weights themselves and refuse them.
+        sharing: how the heads read the trunk (see `mtk.sharing`):
+            ``"hard"`` (default: all read the pooled features), ``"mmoe"``,
+            ``"cgc"``, ``"ple"``, or an object for its parameters, e.g.
+            ``mtk.sharing.MMoE(num_experts=8)``,
+            ``mtk.sharing.MTAN(at=[...])``,
+            ``mtk.sharing.CrossStitch(at=[...])`` (the last two name trunk
+            layers).
         **compile_kwargs: passed to `keras.Model.compile` (e.g.
             ``jit_compile``, ``steps_per_execution``).
 
@@ -92,6 +101,7 @@ def build_multitask_model(
     weighting = get_loss_weighting(loss_weighting)
     names = [head.name for head in heads]
     weighting.check_heads(names)
+    sharing = get_sharing(sharing)
     if compile:
         # Fail on bad compile arguments before the (slow) trunk is built.
         check_loss_weights(loss_weights, names, weighting)
@@ -120,6 +130,7 @@ def build_multitask_model(
             input_name=parts.input_name,
             preprocessing=parts.preprocessing,
             loss_weighting=weighting,
+            sharing=sharing,
             name=name,
         )
     model.trunk.trainable = not freeze_trunk

@@ -38,9 +38,9 @@ from mtk.heads import Head
 from mtk.heads import check_head_dict
 from mtk.heads import check_loss_weights as check_loss_weight_values
 from mtk.losses import MaskedMetric
+from mtk.sharing import get_sharing
 from mtk.trunks import TRUNK_NAME
 from mtk.trunks import TrunkParts
-from mtk.trunks import trunk_features
 from mtk.weighting import get_loss_weighting
 
 # Output key of the shared features in the internal features view; it is no
@@ -159,6 +159,12 @@ class MultiTaskModel(keras.Model):
             `mtk.preprocessing.ApplicationPreprocessing`), or None.
         loss_weighting: the balancing method: a name from
             `mtk.weighting.METHODS` or an `mtk.weighting.LossWeighting`.
+        sharing: how heads read the trunk: ``"hard"`` (default), a name
+            from `mtk.sharing.METHODS` or an `mtk.sharing.Sharing` object
+            (`mtk.sharing.MMoE`, ``CGC``, ``PLE``, ``MTAN``,
+            ``CrossStitch``). ``model.trunk`` is then the nested model the
+            method builds from ``trunk`` (e.g. one copy per head for
+            cross-stitch).
         **kwargs: `keras.Model` arguments (``name``, ``trainable``).
 
     Example:
@@ -183,11 +189,13 @@ class MultiTaskModel(keras.Model):
         input_name="inputs",
         preprocessing=None,
         loss_weighting="static",
+        sharing="hard",
         **kwargs,
     ):
         heads = check_heads(heads)
         weighting = get_loss_weighting(loss_weighting)
         weighting.check_heads([head.name for head in heads])
+        sharing = get_sharing(sharing)
         if not isinstance(trunk, keras.Model) or trunk.name != TRUNK_NAME:
             raise ValueError(
                 f"trunk must be a keras.Model named {TRUNK_NAME!r} (found by "
@@ -209,12 +217,17 @@ class MultiTaskModel(keras.Model):
         )
 
         # === Functional model ===
-        inputs, features = trunk_features(parts)
-        outputs = {head.name: head(features) for head in heads}
+        connection = sharing.connect(parts, [head.name for head in heads])
+        inputs = connection.inputs
+        outputs = {head.name: head(connection.features[head.name]) for head in heads}
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Parts and training state ===
-        self.trunk = trunk
+        self.trunk = connection.trunk
+        self.sharing = sharing
+        # The trunk as given (the config's), when the method derived another.
+        object.__setattr__(self, "_source_trunk", trunk)
+        object.__setattr__(self, "_shared_layers", list(connection.shared_layers))
         self.preprocessing = preprocessing
         self.heads = {head.name: head for head in heads}
         self._input_config = {
@@ -244,9 +257,18 @@ class MultiTaskModel(keras.Model):
         # this model's.
         features_model = None
         if weighting.needs_feature_gradients or getattr(weighting, "rep_grad", False):
+            shared_layer = getattr(weighting, "shared_layer", None)
+            if connection.common is None and shared_layer is None:
+                raise ValueError(
+                    f"{type(weighting).__name__} takes gradients at the features "
+                    f"every head reads, but sharing={sharing!r} gives each head "
+                    "its own features with no one tensor in common. Use a "
+                    "gradient-level method without rep_grad, a loss-level "
+                    "method, or hard / MMoE / CGC / PLE sharing."
+                )
             view = dict(outputs)
             view[_FEATURES_KEY] = self._shared_features(
-                features, getattr(weighting, "shared_layer", None)
+                connection.common, shared_layer
             )
             features_model = keras.Model(inputs, view)
         object.__setattr__(self, "_features_model", features_model)
@@ -562,8 +584,12 @@ class MultiTaskModel(keras.Model):
         return _unflatten(direction * scale / _num_replicas(), shared)
 
     def _shared_variables(self, variables):
-        trunk_ids = {id(v) for v in self.trunk.trainable_weights}
-        return [v for v in variables if id(v) in trunk_ids]
+        shared_ids = {
+            id(v) for layer in self._shared_layers
+            for v in getattr(layer, "shared_weights", layer.trainable_weights)
+            if v.trainable
+        }
+        return [v for v in variables if id(v) in shared_ids]
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -606,7 +632,7 @@ class MultiTaskModel(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "trunk": keras.saving.serialize_keras_object(self.trunk),
+            "trunk": keras.saving.serialize_keras_object(self._source_trunk),
             "heads": [
                 without_build_config(keras.saving.serialize_keras_object(head))
                 for head in self.heads.values()
@@ -619,6 +645,7 @@ class MultiTaskModel(keras.Model):
             "loss_weighting": keras.saving.serialize_keras_object(
                 self.loss_weighting
             ),
+            "sharing": keras.saving.serialize_keras_object(self.sharing),
         }
 
     @classmethod
@@ -633,6 +660,8 @@ class MultiTaskModel(keras.Model):
         config["trunk"] = revive(config["trunk"])
         config["heads"] = [revive(head) for head in config["heads"]]
         config["loss_weighting"] = revive(config["loss_weighting"])
+        if config.get("sharing") is not None:
+            config["sharing"] = revive(config["sharing"])
         if config.get("preprocessing") is not None:
             config["preprocessing"] = revive(config["preprocessing"])
         return cls(**config)

@@ -119,6 +119,21 @@ def trunk_features(parts):
         ``(inputs, features)``: the input tensor and the pooled
         ``(batch, dim)`` features every head reads.
     """
+    inputs, x, mask = trunk_inputs(parts)
+    return inputs, pool_features(parts.trunk(x), mask)
+
+
+def trunk_inputs(parts):
+    """The model input and what the trunk reads: input -> preprocessing.
+
+    Args:
+        parts: a `TrunkParts`.
+
+    Returns:
+        ``(inputs, x, mask)``: the model's input tensor, the trunk's input
+        (preprocessed) and, for text, the padding mask to pool with (else
+        None).
+    """
     inputs = keras.Input(
         shape=tuple(parts.input_shape), dtype=parts.input_dtype,
         name=parts.input_name,
@@ -127,7 +142,7 @@ def trunk_features(parts):
     # Text preprocessing returns token ids with their padding mask: pool
     # over real tokens only (the sentence embedding of sentence-transformers).
     mask = x.get("padding_mask") if isinstance(x, dict) else None
-    return inputs, _pool(parts.trunk(x), mask)
+    return inputs, x, mask
 
 
 def build_trunk(*args, **kwargs):
@@ -294,17 +309,23 @@ def _check_weights_argument(trunk_weights):
         )
 
 
-def _pool(features, mask=None):
-    """Pools a feature map to one vector per example."""
+def pool_features(features, mask=None, name=POOLING_NAME):
+    """Pools a feature map to one vector per example (vectors pass through).
+
+    Example:
+
+    >>> mtk.trunks.pool_features(keras.Input((7, 7, 16))).shape
+    (None, 16)
+    """
     rank = len(features.shape)
     if rank == 2:
         return features
     if rank == 3:
-        return keras.layers.GlobalAveragePooling1D(name=POOLING_NAME)(
+        return keras.layers.GlobalAveragePooling1D(name=name)(
             features, mask=mask
         )
     if rank == 4:
-        return keras.layers.GlobalAveragePooling2D(name=POOLING_NAME)(features)
+        return keras.layers.GlobalAveragePooling2D(name=name)(features)
     raise ValueError(
         f"The trunk's output has shape {features.shape}; mtk pools outputs "
         "of rank 2 to 4. Use trunk_output= to cut the trunk at another layer."

@@ -1,0 +1,154 @@
+"""MTAN: task-specific attention over the shared trunk's feature maps."""
+
+import keras
+from keras import ops
+
+from mtk.sharing.base import Connection
+from mtk.sharing.base import Sharing
+from mtk.sharing.base import check_functional_trunk
+from mtk.sharing.base import check_layer_names
+from mtk.sharing.base import derived_trunk
+from mtk.sharing.base import pooled
+from mtk.trunks import trunk_inputs
+
+ATTENTION_LAYER_NAME = "task_attention"
+
+
+@keras.saving.register_keras_serializable(package="mtk")
+class TaskAttention(keras.layers.Layer):
+    """One attention module per head and feature map (MTAN's task branches).
+
+    For head ``t`` and the shared feature map ``p_j`` at level ``j``
+    (Liu et al. 2019, Eq. 1): the mask
+    ``a_j = sigmoid(BN(conv1x1(relu(BN(conv1x1([p_j, f_j(â_{j-1})]))))))``
+    and the attended map ``â_j = a_j * p_j``, where ``f_j`` (3x3 conv, BN,
+    ReLU, resize) brings the previous attended map to ``p_j``'s channels and
+    size; at the first level the mask reads ``p_1`` alone.
+
+    Args:
+        head_names: the heads, one branch each.
+
+    Returns (when called on a list of ``(batch, h, w, c)`` maps):
+        dict ``{head: (batch, h, w, c)}`` of each head's attended last map.
+    """
+
+    def __init__(self, head_names, **kwargs):
+        super().__init__(**kwargs)
+        self.head_names = list(head_names)
+
+    def build(self, input_shape):
+        self.branches = {}
+        for name in self.head_names:
+            levels = []
+            for j, shape in enumerate(input_shape):
+                height, width, channels = shape[1:]
+                level = {
+                    "mask": [
+                        keras.layers.Conv2D(channels, 1, name=f"{name}_{j}_conv_a"),
+                        keras.layers.BatchNormalization(name=f"{name}_{j}_bn_a"),
+                        keras.layers.Conv2D(channels, 1, name=f"{name}_{j}_conv_b"),
+                        keras.layers.BatchNormalization(name=f"{name}_{j}_bn_b"),
+                    ],
+                    "previous": None if j == 0 else [
+                        keras.layers.Conv2D(channels, 3, padding="same",
+                                            name=f"{name}_{j}_conv_prev"),
+                        keras.layers.BatchNormalization(name=f"{name}_{j}_bn_prev"),
+                        keras.layers.Resizing(height, width, name=f"{name}_{j}_resize"),
+                    ],
+                }
+                levels.append(level)
+            self.branches[name] = levels
+
+    def call(self, feature_maps, training=None):
+        outputs = {}
+        for name in self.head_names:
+            attended = None
+            for level, shared in zip(self.branches[name], feature_maps):
+                x = shared
+                if attended is not None:
+                    conv, norm, resize = level["previous"]
+                    previous = ops.relu(norm(conv(attended), training=training))
+                    x = ops.concatenate([shared, resize(previous)], axis=-1)
+                conv_a, bn_a, conv_b, bn_b = level["mask"]
+                hidden = ops.relu(bn_a(conv_a(x), training=training))
+                mask = ops.sigmoid(bn_b(conv_b(hidden), training=training))
+                attended = mask * shared
+            outputs[name] = attended
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config["head_names"] = self.head_names
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mtk")
+class MTAN(Sharing):
+    """Multi-task attention network (Liu et al., CVPR 2019, "End-to-End
+    Multi-Task Learning with Attention", Sec. 3).
+
+    The trunk runs once and is shared; each head has a small attention
+    branch (`TaskAttention`) that learns a soft mask over the trunk's
+    feature maps at the named layers, each level also reading the branch's
+    previous attended map. The trunk's last feature map is always the last
+    level. Use it on image trunks when tasks need different parts of the
+    same features; it costs two 1x1 and one 3x3 convolution per head and
+    level, on top of one trunk pass.
+
+    Args:
+        at: names of trunk layers whose outputs are feature maps
+            ``(batch, h, w, c)``, in the trunk's order (input to output).
+
+    Example:
+
+    >>> trunk = keras.Sequential([
+    ...     keras.Input((16, 16, 3)),
+    ...     keras.layers.Conv2D(8, 3, strides=2, name="block1"),
+    ...     keras.layers.Conv2D(8, 3, strides=2, name="block2")])
+    >>> model = mtk.build_multitask_model(
+    ...     trunk, heads=[mtk.heads.Binary("a"), mtk.heads.Binary("b")],
+    ...     sharing=mtk.sharing.MTAN(at=["block1"]), trunk_weights=None)
+    >>> sorted(model.predict(np.zeros((2, 16, 16, 3)), verbose=0))
+    ['a', 'b']
+    """
+
+    name = "mtan"
+
+    def __init__(self, at):
+        if isinstance(at, str):
+            at = [at]
+        if not at or not all(isinstance(name, str) for name in at):
+            raise ValueError(
+                f"MTAN(at={at!r}): name one or more trunk layers whose outputs "
+                "are feature maps."
+            )
+        self.at = list(at)
+
+    def connect(self, parts, head_names):
+        check_functional_trunk("MTAN", parts)
+        trunk = parts.trunk
+        at = check_layer_names("MTAN", self.at, trunk)
+        maps = [trunk.get_layer(name).output for name in at]
+        if maps[-1] is not trunk.outputs[0]:
+            maps.append(trunk.outputs[0])
+        for name, tensor in zip(at + ["(trunk output)"], maps):
+            if len(tensor.shape) != 4:
+                raise ValueError(
+                    f"MTAN(at=...): layer {name!r} outputs shape "
+                    f"{tuple(tensor.shape)}; MTAN attends over feature maps "
+                    "(batch, height, width, channels). Name convolutional "
+                    "layers (or blocks) of the trunk."
+                )
+        shared_trunk = derived_trunk(trunk, maps)
+        inputs, x, mask = trunk_inputs(parts)
+        attention = TaskAttention(head_names, name=ATTENTION_LAYER_NAME)
+        attended = attention(list(shared_trunk(x)))
+        return Connection(
+            inputs=inputs,
+            features=pooled([attended[n] for n in head_names], mask, head_names),
+            trunk=shared_trunk,
+            shared_layers=[shared_trunk],
+        )
+
+    def get_config(self):
+        return {"at": list(self.at)}
