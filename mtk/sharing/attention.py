@@ -14,6 +14,12 @@ from mtk.trunks import trunk_inputs
 ATTENTION_LAYER_NAME = "task_attention"
 
 
+def _batch_norm(name):
+    # Synchronised: under tf.distribute the attention masks normalise with
+    # the global batch's statistics, so N replicas train as one device does.
+    return keras.layers.BatchNormalization(synchronized=True, name=name)
+
+
 @keras.saving.register_keras_serializable(package="mtk")
 class TaskAttention(keras.layers.Layer):
     """One attention module per head and feature map (MTAN's task branches).
@@ -45,14 +51,14 @@ class TaskAttention(keras.layers.Layer):
                 level = {
                     "mask": [
                         keras.layers.Conv2D(channels, 1, name=f"{name}_{j}_conv_a"),
-                        keras.layers.BatchNormalization(name=f"{name}_{j}_bn_a"),
+                        _batch_norm(name=f"{name}_{j}_bn_a"),
                         keras.layers.Conv2D(channels, 1, name=f"{name}_{j}_conv_b"),
-                        keras.layers.BatchNormalization(name=f"{name}_{j}_bn_b"),
+                        _batch_norm(name=f"{name}_{j}_bn_b"),
                     ],
                     "previous": None if j == 0 else [
                         keras.layers.Conv2D(channels, 3, padding="same",
                                             name=f"{name}_{j}_conv_prev"),
-                        keras.layers.BatchNormalization(name=f"{name}_{j}_bn_prev"),
+                        _batch_norm(name=f"{name}_{j}_bn_prev"),
                         keras.layers.Resizing(height, width, name=f"{name}_{j}_resize"),
                     ],
                 }

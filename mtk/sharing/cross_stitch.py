@@ -28,7 +28,7 @@ class CrossStitchUnit(keras.layers.Layer):
 
     >>> unit = mtk.sharing.CrossStitchUnit()
     >>> a, b = unit([np.ones((1, 2), "float32"), np.zeros((1, 2), "float32")])
-    >>> np.asarray(a).round(2).tolist(), np.asarray(b).round(2).tolist()
+    >>> np.asarray(a, "float64").round(2).tolist(), np.asarray(b, "float64").round(2).tolist()
     ([[0.9, 0.9]], [[0.1, 0.1]])
     """
 
@@ -94,7 +94,7 @@ class CrossStitch(Sharing):
     >>> model = mtk.build_multitask_model(
     ...     trunk, heads=[mtk.heads.Binary("a"), mtk.heads.Binary("b")],
     ...     sharing=mtk.sharing.CrossStitch(at=["conv1"]), trunk_weights=None)
-    >>> len(model.trunk.trainable_weights) == 2 * len(trunk.trainable_weights) + 1
+    >>> len(model.trunk.weights) == 2 * len(trunk.weights) + 1  # 2 copies, 1 unit
     True
     """
 
@@ -129,11 +129,11 @@ class CrossStitch(Sharing):
         activations = [trunk_input] * len(head_names)
         cuts = at if at[-1] == _last_layer_name(source) else at + [None]
         start = [None] * len(head_names)
-        for level, cut in enumerate(cuts):
+        for level, (previous, cut) in enumerate(zip([None] + cuts, cuts)):
             for t, (name, copy) in enumerate(zip(head_names, copies)):
                 begin = copy.inputs[0] if start[t] is None else start[t]
                 end = copy.outputs[0] if cut is None else copy.get_layer(cut).output
-                segment = _segment(begin, end, f"{name}_part{level}", cut, at)
+                segment = _segment(begin, end, f"{name}_part{level}", previous, at)
                 activations[t] = segment(activations[t])
                 start[t] = end
             if cut is not None and len(head_names) > 1:

@@ -69,6 +69,9 @@ class ExpertNetwork(keras.layers.Layer):
             none): the squared coefficient of variation of each gate's
             per-expert importance over the batch (Shazeer et al. 2017,
             "Outrageously Large Neural Networks", Eq. 6), summed over gates.
+            Under tf.distribute it is computed on each replica's batch, as
+            the paper computes it per batch, so N replicas regularise N
+            smaller batches (the task losses, by contrast, are exact).
 
     Returns (when called on ``(batch, dim)`` features):
         ``(features, gates)``: dicts by head name of the ``(batch, units)``
@@ -449,7 +452,9 @@ def expert_usage(model, data, steps=None):
             "of sharing=mtk.sharing.MMoE, CGC or PLE; this model uses "
             f"{getattr(model, 'sharing', 'hard')!r}."
         )
-    _, gates = layer.output
+    # Keras keeps a layer's nested output flat; restore (features, gates).
+    template = {name: 0 for name in layer.head_names}
+    _, gates = keras.tree.pack_sequence_as((template, template), layer.output)
     probe = keras.Model(model.inputs, gates)
     import tensorflow as tf
 
