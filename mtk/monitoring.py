@@ -524,7 +524,7 @@ def profile_traffic(traffic):
     ...     {"input": {"name": "inputs", "dtype": "float32", "shape": [None, 2]},
     ...      "heads": {"flag": {"kind": "Binary", "units": 1, "names": None}}},
     ...     "example")
-    >>> t.add(["0", "1"], np.ones((2, 2)), {"flag": np.array([[0.2], [0.9]])})
+    >>> t.add(["0", "1"], np.ones((2, 2)), {"flag": np.array([[0.25], [0.95]])})
     >>> mtk.monitoring.profile_traffic(t)["outputs"]["flag"]["score"]["counts"]
     [0, 0, 1, 0, 0, 0, 0, 0, 0, 1]
     """
@@ -614,7 +614,7 @@ def write_profile(profile, directory):
 
     Example:
 
-    >>> import tempfile
+    >>> import os, tempfile
     >>> path = mtk.monitoring.write_profile({"examples": 1}, tempfile.mkdtemp())
     >>> path.endswith("mtk_reference.json")
     True
@@ -632,7 +632,7 @@ def version_dir(export_dir):
 
     Example:
 
-    >>> import tempfile
+    >>> import os, tempfile
     >>> base = tempfile.mkdtemp()
     >>> for v in ("1", "10", "2"):
     ...     os.makedirs(os.path.join(base, v))
@@ -663,7 +663,7 @@ def load_profile(path):
 
     Example:
 
-    >>> import tempfile
+    >>> import os, tempfile
     >>> d = tempfile.mkdtemp()
     >>> open(os.path.join(d, "saved_model.pb"), "w").close()
     >>> _ = mtk.monitoring.write_profile(
@@ -707,7 +707,7 @@ class ServedModel:
 
     Example:
 
-    >>> import tempfile
+    >>> import os, tempfile
     >>> model = mtk.build_multitask_model(
     ...     keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)]),
     ...     heads=[mtk.heads.Binary("flag")], trunk_weights=None)
@@ -822,7 +822,7 @@ def observe(served, data, *, batch_size=256):
 
     Example:
 
-    >>> import tempfile
+    >>> import os, tempfile
     >>> model = mtk.build_multitask_model(
     ...     keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)]),
     ...     heads=[mtk.heads.Binary("flag")], trunk_weights=None)
@@ -926,7 +926,7 @@ def read_prediction_logs(served, paths, *, labels=None):
 
     Example:
 
-    >>> import tempfile
+    >>> import os, tempfile
     >>> model = mtk.build_multitask_model(
     ...     keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)]),
     ...     heads=[mtk.heads.Binary("flag")], trunk_weights=None)
@@ -1035,7 +1035,7 @@ def write_prediction_logs(served, path, inputs, *, batch_size=1):
 
     Example:
 
-    >>> import tempfile
+    >>> import os, tempfile
     >>> model = mtk.build_multitask_model(
     ...     keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)]),
     ...     heads=[mtk.heads.Binary("flag")], trunk_weights=None)
@@ -1101,7 +1101,7 @@ def read_labels(path, heads):
 
     Example:
 
-    >>> import tempfile
+    >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "labels.csv")
     >>> with open(path, "w") as f:
     ...     _ = f.write("id,flag\\n0,1\\n1,\\n")
@@ -1378,7 +1378,7 @@ def monitor(export_dir, traffic, *, labels=None, thresholds=None, profile=None):
 
     Example:
 
-    >>> import tempfile
+    >>> import os, tempfile
     >>> model = mtk.build_multitask_model(
     ...     keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)]),
     ...     heads=[mtk.heads.Binary("flag")], trunk_weights=None)
@@ -1476,7 +1476,7 @@ def plot_report(report, directory):
 
     Example:
 
-    >>> import tempfile
+    >>> import os, tempfile
     >>> mtk.monitoring.plot_report({"heads": {}, "inputs": {}}, tempfile.mkdtemp())
     []
     """
@@ -1521,7 +1521,7 @@ def write_report(report, directory):
 
     Example:
 
-    >>> import tempfile
+    >>> import os, tempfile
     >>> d = tempfile.mkdtemp()
     >>> sorted(os.path.basename(p) for p in mtk.monitoring.write_report(
     ...     {"heads": {}, "inputs": {}, "traffic": {"examples": 0},
