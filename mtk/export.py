@@ -142,8 +142,12 @@ def export_saved_model(
     profile = None
     if reference_data is not None:
         # Before anything is written: bad reference data leaves no trace.
+        # The serving function itself (graph mode, traced once and reused
+        # by the export): the profile describes exactly what is served.
+        spec.serve = _serving_fn(spec)
         profile = monitoring.compute_profile(
-            model, reference_data, input_dtype=spec.input.dtype
+            model, reference_data, input_dtype=spec.input.dtype,
+            predict=spec.serve,
         )
 
     os.makedirs(base_dir, exist_ok=True)
@@ -258,6 +262,7 @@ class _ServingSpec:
         self.model = model
         self.input = input_spec
         self.heads = heads
+        self.serve = None
 
 
 def _serving_spec(model, input_dtype):
@@ -350,7 +355,7 @@ def _serving_fn(spec):
 def _write_saved_model(model, spec, directory):
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SIGNATURE_NAME, _serving_fn(spec))
+    archive.add_endpoint(SIGNATURE_NAME, spec.serve or _serving_fn(spec))
     archive.write_out(directory, verbose=False)
 
 

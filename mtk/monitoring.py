@@ -567,7 +567,9 @@ def profile_traffic(traffic):
     return profile
 
 
-def compute_profile(model, reference_data, *, input_dtype=None, batch_size=256):
+def compute_profile(
+    model, reference_data, *, input_dtype=None, batch_size=256, predict=None
+):
     """Runs a Keras model on held-out data and returns its reference profile.
 
     `mtk.export.export_saved_model` calls this with its ``reference_data``;
@@ -581,6 +583,9 @@ def compute_profile(model, reference_data, *, input_dtype=None, batch_size=256):
             labels)`` of arrays.
         input_dtype: the served input dtype.
         batch_size: batch size for arrays.
+        predict: optional function from a batch of served inputs to the
+            outputs dict (the export passes its serving function, already
+            traced); defaults to calling ``model``.
 
     Returns:
         The profile, a JSON-serializable dict.
@@ -597,13 +602,13 @@ def compute_profile(model, reference_data, *, input_dtype=None, batch_size=256):
     description = describe_model(model, input_dtype)
     model_dtype = model.inputs[0].dtype
 
-    def predict(x):
+    def call_model(x):
         if x.dtype != tf.string:
             x = tf.cast(x, model_dtype)
         return model(x, training=False)
 
     traffic = _collect(
-        description, predict, reference_data, "reference_data",
+        description, predict or call_model, reference_data, "reference_data",
         batch_size, argument="reference_data",
     )
     return profile_traffic(traffic)
