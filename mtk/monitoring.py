@@ -1504,10 +1504,11 @@ def plot_report(report, directory):
                     labels = detail["categories"]
                 else:
                     edges = detail["edges"]
-                    labels = [f"<{edges[0]:.3g}"] + [
-                        f"{e:.3g}" for e in edges[1:]
-                    ] + [f">{edges[-1]:.3g}"] if edges else ["all"]
-                    labels = labels[: len(ref)]
+                    labels = (
+                        [f"<{edges[0]:.3g}"]
+                        + [f"{a:.3g}-{b:.3g}" for a, b in zip(edges, edges[1:])]
+                        + [f">={edges[-1]:.3g}"]
+                    ) if edges else ["all"]
                 ax.set_xticks(positions, labels, rotation=60, fontsize=7)
                 ax.set_title(f"{feature}: PSI {detail['psi']:.3f}", fontsize=9)
                 ax.set_ylabel("share")
