@@ -144,7 +144,7 @@ def _unit_names(head, prefix):
 
 def head_features(head, outputs):
     """``{feature: values (n,)}`` of one head's outputs ``(n, units)``."""
-    outputs = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    outputs = _rows(outputs, head["units"])
     kind = head["kind"]
     if kind == "Classification":
         return {
@@ -319,6 +319,12 @@ def _missing(head, labels):
     return np.isnan(labels)
 
 
+def _rows(values, width):
+    """``values`` as ``(n, width)`` float64 (also when n is 0)."""
+    values = np.asarray(values, dtype=np.float64)
+    return values.reshape(len(values), width)
+
+
 def head_metric(head, outputs, labels):
     """A head's metric on labelled examples, with its 95 % interval.
 
@@ -339,14 +345,14 @@ def head_metric(head, outputs, labels):
     >>> m["metric"], round(m["value"], 3), m["labels"]
     ('accuracy', 0.667, 3)
     """
-    outputs = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    outputs = _rows(outputs, head["units"])
     labels = np.asarray(labels, dtype=np.float64)
     if head["kind"] == "Classification":
         labels = labels.reshape(len(labels))
         keep = ~_missing(head, labels)
         correct = np.argmax(outputs[keep], axis=-1) == labels[keep]
     else:
-        labels = labels.reshape(len(labels), -1)
+        labels = _rows(labels, head["units"])
         keep = ~_missing(head, labels)
         if head["kind"] == "Regression":
             errors = np.abs(outputs - labels)[keep]
@@ -404,17 +410,19 @@ class Traffic:
 
     def add(self, ids, inputs, outputs, labels=None):
         self.ids.extend(ids)
-        for name in self.model["heads"]:
+        for name, head in self.model["heads"].items():
             self._outputs[name].append(
-                np.asarray(outputs[name], dtype=np.float32).reshape(len(ids), -1)
+                np.asarray(outputs[name], dtype=np.float32).reshape(
+                    len(ids), head["units"]
+                )
             )
         spec = self.model["input"]
         for feature, values in input_features(spec, inputs).items():
             self._features.setdefault(feature, []).append(values)
         for name, values in (labels or {}).items():
-            self._labels.setdefault(name, []).append(
-                np.asarray(values, dtype=np.float64).reshape(len(ids), -1)
-            )
+            head = self.model["heads"][name]
+            width = 1 if head["kind"] == "Classification" else head["units"]
+            self._labels.setdefault(name, []).append(_rows(values, width))
 
     def __len__(self):
         return len(self.ids)
@@ -741,6 +749,12 @@ class ServedModel:
             )
         (self.input_name, spec), = inputs.items()
         self.input_dtype = spec.dtype
+        if profile["input"]["name"] != self.input_name:
+            raise ValueError(
+                f"the reference profile is from another model than "
+                f"{self.path!r}: its input is {profile['input']['name']!r}, "
+                f"the signature takes {self.input_name!r}."
+            )
         check_profile_matches(profile, signature.structured_outputs, self.path)
 
     @property
@@ -762,6 +776,10 @@ class ServedModel:
 
 def check_profile_matches(profile, outputs, where):
     """Raises ValueError naming the heads where a profile and outputs differ.
+
+    Head names and units are compared, and kinds where the signature shows
+    them: Classification heads have a ``<head>_class_id`` output; Binary,
+    MultiLabel and Regression heads of equal width look alike.
 
     Args:
         profile: a reference profile.
@@ -906,7 +924,7 @@ def _read_records(path):
     return 0, None
 
 
-def read_prediction_logs(served, paths, *, labels=None):
+def read_prediction_logs(served, paths):
     """Reads TF Serving's request logs (PredictionLog TFRecord files).
 
     TF Serving writes these when request logging is on
@@ -924,7 +942,6 @@ def read_prediction_logs(served, paths, *, labels=None):
     Args:
         served: a `ServedModel` or an export directory.
         paths: a log file, a directory of log files, or a list of them.
-        labels: unused here; see `compare`.
 
     Returns:
         A `Traffic`.
@@ -1223,7 +1240,7 @@ def _join_labels(head, traffic_ids, labels):
         rows.append(row)
         values.append(np.asarray(value, dtype=np.float64).reshape(-1))
     if not rows:
-        return np.zeros(0, np.int64), np.zeros((0, 1)), unmatched
+        return np.zeros(0, np.int64), np.zeros((0, head["units"])), unmatched
     return np.asarray(rows), np.stack(values), unmatched
 
 
@@ -1522,6 +1539,16 @@ def plot_report(report, directory):
     return paths
 
 
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_report(report, directory):
     """Writes ``report.json``, ``report.txt`` and the plots into ``directory``.
 
@@ -1537,7 +1564,8 @@ def write_report(report, directory):
     os.makedirs(directory, exist_ok=True)
     json_path = os.path.join(directory, "report.json")
     with open(json_path, "w") as f:
-        json.dump(report, f, indent=1, default=float)
+        # Strict JSON for other tools: NaN (e.g. no labels joined) is null.
+        json.dump(_finite(report), f, indent=1, allow_nan=False)
     text_path = os.path.join(directory, "report.txt")
     with open(text_path, "w") as f:
         f.write(format_report(report) + "\n")

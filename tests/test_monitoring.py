@@ -220,7 +220,7 @@ def test_report_flags_exactly_the_shifted_part(
         assert report["heads"]["item"]["psi"] < 0.01
 
 
-def test_labels_for_some_heads_joined_by_id(served):
+def test_labels_for_some_heads_joined_by_id(served, tmp_path):
     x, y = images(400, seed=11)
     traffic = monitoring.observe(served, x)
     good = {str(i): int(y["item"][i]) for i in range(0, 400, 2)}
@@ -241,6 +241,16 @@ def test_labels_for_some_heads_joined_by_id(served):
     assert quality["labels"] == 100 and quality["unmatched"] == 1
     assert report["heads"]["item"]["flags"] == ["metric_drop"]
     assert report["flagged"] == ["item"]
+
+    # Labels that join nothing: no metric (NaN), written as JSON null.
+    report = monitoring.compare(
+        served.profile, traffic, labels={"flag": {"late": 1.0}}
+    )
+    assert report["heads"]["flag"]["quality"]["labels"] == 0
+    monitoring.write_report(report, str(tmp_path))
+    with open(tmp_path / "report.json") as f:
+        strict = json.load(f, parse_constant=lambda c: pytest.fail(c))
+    assert strict["heads"]["flag"]["quality"]["value"] is None
 
 
 def test_thresholds_per_head(served):
@@ -350,6 +360,11 @@ def test_profile_from_another_model_names_the_heads(export):
     assert "head 'colour' (Classification) is not an output" in message
     assert "['flag']" in message
 
+    renamed = dict(monitoring.load_profile(export))
+    renamed["input"] = dict(renamed["input"], name="pixels")
+    with pytest.raises(ValueError, match="input is 'pixels'.*takes 'inputs'"):
+        monitoring.ServedModel(export, renamed)
+
 
 def test_traffic_with_inputs_the_signature_does_not_take(export, served, tmp_path, capsys):
     x, _ = images(4, seed=15)
@@ -411,3 +426,18 @@ def test_cli_help_and_version_dir(export, capsys):
     assert monitoring.version_dir(export) == monitoring.version_dir(
         os.path.join(export, "1")
     )
+
+
+@pytest.mark.slow
+def test_python_dash_m_entry_point(export, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mtk.monitor", "--help"],
+        capture_output=True, text=True, timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage: python -m mtk.monitor" in result.stdout
+    assert "--threshold" in result.stdout
