@@ -128,6 +128,23 @@ def test_export_writes_the_profile_beside_the_model(export, served):
     assert sorted(os.listdir(export)) == ["1"]
 
 
+def test_profile_at_export_is_what_the_saved_model_serves(served):
+    x, y = images(1000, seed=2)
+    reference = tf.data.Dataset.from_tensor_slices((x, y)).batch(100)
+    again = monitoring.profile_traffic(monitoring.observe(served, reference))
+    assert again == served.profile
+    report = monitoring.compare(
+        served.profile, monitoring.observe(served, reference)
+    )
+    assert report["flagged"] == []
+    assert report["heads"]["item"]["psi"] == 0.0
+    # Labels that come with a dataset are joined by position.
+    assert report["heads"]["item"]["quality"]["labels"] == 1000
+    assert report["heads"]["item"]["quality"]["value"] == pytest.approx(
+        served.profile["metrics"]["item"]["value"]
+    )
+
+
 def test_bad_reference_data_leaves_no_version(trained_model, tmp_path):
     base = tmp_path / "shapes"
     x, _ = images(10, seed=3)
@@ -158,6 +175,34 @@ def test_profile_of_other_kinds(tmp_path):
     assert sorted(profile["input_stats"]["inputs"]) == [
         "column[0]", "column[1]", "column[2]"
     ]
+
+
+def test_regression_head_drift_and_error_interval():
+    head = {"kind": "Regression", "units": 1, "names": None}
+    model = {"input": {"name": "x", "dtype": "float32", "shape": [None]},
+             "heads": {"price": head}}
+    rng = np.random.default_rng(0)
+
+    def traffic(shift, n=2000):
+        t = monitoring.Traffic(model, "synthetic")
+        values = rng.normal(shift, 1.0, (n, 1))
+        labels = {"price": values[:, 0] + rng.normal(0, 0.5, n)}
+        t.add([str(i) for i in range(n)], rng.normal(size=n), {"price": values}, labels)
+        return t
+
+    profile = monitoring.profile_traffic(traffic(0.0))
+    assert len(profile["outputs"]["price"]["value"]["edges"]) == 9
+    assert profile["metrics"]["price"]["metric"] == "mae"
+    same = monitoring.compare(profile, traffic(0.0))
+    moved = monitoring.compare(profile, traffic(1.0))
+    assert same["flagged"] == [] and moved["flagged"] == ["price"]
+    assert moved["heads"]["price"]["features"]["value"]["mean_shift"] == (
+        pytest.approx(1.0, abs=0.1)
+    )
+    quality = same["heads"]["price"]["quality"]
+    # MAE of N(0, 0.5) noise is 0.5 * sqrt(2 / pi) ~ 0.399.
+    assert quality["ci_low"] < 0.399 < quality["ci_high"]
+    assert quality["interval"] == "normal approximation 95%"
 
 
 def test_text_input_statistics():
