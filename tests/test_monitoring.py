@@ -27,7 +27,7 @@ SKEWED = (0.55, 0.15, 0.15, 0.15)
 CHECKERBOARD = (np.indices(SHAPE[:2]).sum(axis=0) % 2 * 2 - 1)[..., None]
 
 
-def images(n, seed, class_prior=UNIFORM, brightness=0.0):
+def images(n, seed, class_prior=UNIFORM, brightness=0.0, noise=0.0):
     """Images with labels: class = bright quadrant, flag = checkerboard."""
     rng = np.random.default_rng(seed)
     item = rng.choice(4, size=n, p=class_prior)
@@ -37,7 +37,7 @@ def images(n, seed, class_prior=UNIFORM, brightness=0.0):
         row, col = divmod(c, 2)
         x[i, 4 * row:4 * row + 4, 4 * col:4 * col + 4] += 80
     x += 15 * flag[:, None, None, None] * CHECKERBOARD
-    x += brightness
+    x += brightness + rng.normal(0, noise, x.shape) if noise else brightness
     labels = {"item": item.astype("int64"), "flag": flag.astype("float32")}
     return x.astype("float32"), labels
 
@@ -239,23 +239,32 @@ def test_wilson_interval_matches_the_formula_and_covers():
 
 
 @pytest.mark.parametrize(
-    "case, prior, brightness, expected",
+    "case, prior, brightness, noise, expected",
     [
-        ("no shift", UNIFORM, 0.0, []),
-        ("label-prior shift", SKEWED, 0.0, ["item"]),
-        ("covariate shift", UNIFORM, 60.0, ["inputs"]),
+        ("no shift", UNIFORM, 0.0, 0.0, []),
+        ("label-prior shift", SKEWED, 0.0, 0.0, ["item"]),
+        ("covariate shift", UNIFORM, 60.0, 0.0, ["inputs"]),
+        # Noise drowns the faint checkerboard (the flag's signal), not the
+        # bright quadrant (the item's): the flag head and the input move.
+        ("noise", UNIFORM, 0.0, 30.0, ["flag", "inputs"]),
     ],
 )
 def test_report_flags_exactly_the_shifted_part(
-    served, case, prior, brightness, expected
+    served, case, prior, brightness, noise, expected
 ):
-    x, _ = images(1000, seed=10, class_prior=prior, brightness=brightness)
+    x, _ = images(
+        1000, seed=10, class_prior=prior, brightness=brightness, noise=noise
+    )
     report = monitoring.compare(served.profile, monitoring.observe(served, x))
     assert report["flagged"] == expected, case
     for name in expected:
         section = "inputs" if name == "inputs" else "heads"
         assert report[section][name]["flags"] == ["psi"]
         assert report[section][name]["psi"] > 0.2
+    if case == "noise":
+        std = report["inputs"]["inputs"]["features"]["std"]
+        assert std["mean_shift"] > 10
+        assert report["heads"]["item"]["psi"] < 0.1
     if case == "label-prior shift":
         change = report["heads"]["item"]["features"]["class"]["change"]
         assert change[0] > 0.2 and all(c < -0.05 for c in change[1:])
