@@ -1075,6 +1075,7 @@ def write_prediction_logs(served, path, inputs, *, batch_size=1):
         served = ServedModel(served)
     dtype = served.input_dtype
     name = os.path.basename(os.path.dirname(served.path)) or "model"
+    version = os.path.basename(served.path)
     count = 0
     with tf.io.TFRecordWriter(os.fspath(path)) as writer:
         for start in range(0, len(inputs), batch_size):
@@ -1083,7 +1084,8 @@ def write_prediction_logs(served, path, inputs, *, batch_size=1):
                 x = x.astype(dtype.as_numpy_dtype)
             outputs = served.predict(tf.constant(x, dtype=dtype))
             spec = model_pb2.ModelSpec(name=name, signature_name=SIGNATURE_NAME)
-            spec.version.value = int(os.path.basename(served.path) or 0) if os.path.basename(served.path).isdigit() else 0
+            if version.isdigit():
+                spec.version.value = int(version)
             request = predict_pb2.PredictRequest(model_spec=spec)
             request.inputs[served.input_name].CopyFrom(tf.make_tensor_proto(x, dtype=dtype))
             response = predict_pb2.PredictResponse(model_spec=spec)
@@ -1156,9 +1158,15 @@ def read_labels(path, heads):
         for name, value in row.items():
             if name == "id" or value is None or value == "":
                 continue
-            if isinstance(value, str):
-                value = [float(v) for v in value.split()]
-            value = np.asarray(value, dtype=np.float64).reshape(-1)
+            try:
+                if isinstance(value, str):
+                    value = [float(v) for v in value.split()]
+                value = np.asarray(value, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"labels {path!r} row {number}: head {name!r} has "
+                    f"{value!r}, not a number (or space-separated numbers)."
+                ) from None
             labels.setdefault(name, {})[str(row["id"])] = (
                 float(value[0]) if len(value) == 1 else value.tolist()
             )
