@@ -920,7 +920,11 @@ def _read_records(path):
             index += 1
     except tf.errors.DataLossError as e:
         lost = max(_count_framed_records(path) - index, 1)
-        return lost, f"{os.path.basename(path)}: record {index} and after unreadable ({e.message.splitlines()[0]})"
+        reason = e.message.splitlines()[0]
+        return lost, (
+            f"{os.path.basename(path)}: record {index} and after unreadable "
+            f"({reason})"
+        )
     return 0, None
 
 
