@@ -11,6 +11,7 @@ from mtk import export
 from mtk import heads
 from mtk import losses
 from mtk import model
+from mtk import monitoring
 from mtk import preprocessing
 from mtk import sharing
 from mtk import trunks

@@ -42,6 +42,7 @@ from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from mtk import monitoring
 from mtk.heads import Classification
 from mtk.heads import heads_of
 
@@ -60,6 +61,7 @@ def export_saved_model(
     input_dtype=None,
     warmup_inputs=None,
     model_name=None,
+    reference_data=None,
 ):
     """Writes ``model`` as version ``version`` of a TF Serving model.
 
@@ -86,6 +88,12 @@ def export_saved_model(
             the version takes traffic.
         model_name: the model name written into warm-up requests; defaults
             to the base directory's name (what TF Serving calls the model).
+        reference_data: optional held-out data (a `tf.data.Dataset` of
+            inputs or ``(inputs, labels)``, or arrays; see
+            `mtk.monitoring.compute_profile`). Its reference profile (output
+            and input distributions, and metrics where labels are given) is
+            written to ``assets.extra/mtk_reference.json``, which TF Serving
+            ignores and `mtk.monitoring` compares new traffic with.
 
     Returns:
         The path of the written version directory.
@@ -94,7 +102,8 @@ def export_saved_model(
         TypeError: ``model`` is not a keras.Model, or ``version`` is not an
             integer.
         ValueError: the model is unbuilt or has no mtk heads, the version
-            exists, ``base_dir`` is a file, or ``warmup_inputs`` do not fit.
+            exists, ``base_dir`` is a file, or ``warmup_inputs`` or
+            ``reference_data`` do not fit.
 
     Example:
 
@@ -130,6 +139,16 @@ def export_saved_model(
         warmup_inputs = _check_warmup_inputs(warmup_inputs, spec)
     if model_name is None:
         model_name = os.path.basename(os.path.abspath(base_dir))
+    profile = None
+    if reference_data is not None:
+        # Before anything is written: bad reference data leaves no trace.
+        # The serving function itself (graph mode, traced once and reused
+        # by the export): the profile describes exactly what is served.
+        spec.serve = _serving_fn(spec)
+        profile = monitoring.compute_profile(
+            model, reference_data, input_dtype=spec.input.dtype,
+            predict=spec.serve,
+        )
 
     os.makedirs(base_dir, exist_ok=True)
     if version is None:
@@ -147,6 +166,8 @@ def export_saved_model(
                 spec,
                 model_name,
             )
+        if profile is not None:
+            monitoring.write_profile(profile, tmp_dir)
         if os.path.exists(final_dir):
             raise ValueError(
                 f"version={version}: {final_dir!r} appeared while exporting; "
@@ -241,6 +262,7 @@ class _ServingSpec:
         self.model = model
         self.input = input_spec
         self.heads = heads
+        self.serve = None
 
 
 def _serving_spec(model, input_dtype):
@@ -333,7 +355,7 @@ def _serving_fn(spec):
 def _write_saved_model(model, spec, directory):
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SIGNATURE_NAME, _serving_fn(spec))
+    archive.add_endpoint(SIGNATURE_NAME, spec.serve or _serving_fn(spec))
     archive.write_out(directory, verbose=False)
 
 

@@ -28,6 +28,8 @@ MODULES = [
     "mtk.losses",
     "mtk.heads",
     "mtk.model",
+    "mtk.monitor",
+    "mtk.monitoring",
     "mtk.preprocessing",
     "mtk.sharing",
     "mtk.sharing.attention",
