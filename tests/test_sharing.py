@@ -327,6 +327,15 @@ def test_bad_layers_name_the_fault():
                                keras.layers.Dense(4, name="dense")])
     with pytest.raises(ValueError, match=r"layer 'flat' outputs shape \(None, 768\).*feature maps"):
         mtk.build_multitask_model(vector, heads=heads(), sharing=MTAN(at=["flat"]))
+    flat = keras.Sequential([keras.Input(SHAPE), keras.layers.Conv2D(4, 3, name="conv"),
+                             keras.layers.Flatten(name="flat")])
+    model = mtk.build_multitask_model(flat, heads=heads(), sharing=MTAN(at=["conv"]))
+    assert model.get_layer("item").input.shape == (None, 14 * 14 * 4)  # flattened per head
+    with pytest.raises(ValueError, match=r"layers \['dense'\] after 'conv' have weights"):
+        mtk.build_multitask_model(
+            keras.Sequential([keras.Input(SHAPE), keras.layers.Conv2D(4, 3, name="conv"),
+                              keras.layers.Flatten(name="flat"), keras.layers.Dense(4, name="dense")]),
+            heads=heads(), sharing=MTAN(at=["conv"]))
     sequence = keras.Sequential([keras.Input((10, 4)), keras.layers.Dense(4, name="d")])
     with pytest.raises(ValueError, match=r"MTAN works on the feature maps of an image trunk.*\(None, 10, 4\)"):
         mtk.build_multitask_model(sequence, heads=heads(), sharing=MTAN(at=["d"]))

@@ -38,13 +38,14 @@ def fashion_cnn(input_shape=(CANVAS_SIZE, CANVAS_SIZE, 1), num_classes=10,
     """
     inputs = keras.Input(input_shape, name="pixels")
     x = keras.layers.Rescaling(1.0 / 255)(inputs)
-    for filters in (16, 32):
+    for block, filters in enumerate((16, 32), start=1):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
         # momentum=0.9: the moving statistics settle within the few hundred
         # steps a small from-scratch run gets.
         x = keras.layers.BatchNormalization(momentum=0.9)(x)
         x = keras.layers.ReLU()(x)
-        x = keras.layers.MaxPooling2D()(x)
+        # Named block outputs: where mtk.sharing.MTAN / CrossStitch attach.
+        x = keras.layers.MaxPooling2D(name=f"block{block}_pool")(x)
     x = keras.layers.Flatten(name=TRUNK_OUTPUT)(x)
     x = keras.layers.Dense(128, activation="relu", name="features")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="classes")(x)

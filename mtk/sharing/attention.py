@@ -96,8 +96,9 @@ class MTAN(Sharing):
     The trunk runs once and is shared; each head has a small attention
     branch (`TaskAttention`) that learns a soft mask over the trunk's
     feature maps at the named layers, each level also reading the branch's
-    previous attended map. The trunk's last feature map is always the last
-    level. Use it on image trunks when tasks need different parts of the
+    previous attended map. The trunk's output, when it is a feature map, is
+    always the last level; otherwise weight-free layers after the last named
+    one (e.g. ``Flatten``) run on each head's attended map. Use it on image trunks when tasks need different parts of the
     same features; it costs two 1x1 and one 3x3 convolution per head and
     level, on top of one trunk pass.
 
@@ -135,8 +136,9 @@ class MTAN(Sharing):
         trunk = parts.trunk
         at = check_layer_names("MTAN", self.at, trunk)
         maps = [trunk.get_layer(name).output for name in at]
-        if maps[-1] is not trunk.outputs[0]:
-            maps.append(trunk.outputs[0])
+        output = trunk.outputs[0]
+        if maps[-1] is not output and len(output.shape) == 4:
+            maps.append(output)
         for name, tensor in zip(at + ["(trunk output)"], maps):
             if len(tensor.shape) != 4:
                 raise ValueError(
@@ -145,10 +147,13 @@ class MTAN(Sharing):
                     "(batch, height, width, channels). Name convolutional "
                     "layers (or blocks) of the trunk."
                 )
+        tail = _weightless_tail(trunk, maps[-1], at[-1])
         shared_trunk = derived_trunk(trunk, maps)
         inputs, x, mask = trunk_inputs(parts)
         attention = TaskAttention(head_names, name=ATTENTION_LAYER_NAME)
         attended = attention(list(shared_trunk(x)))
+        if tail is not None:
+            attended = {name: tail(attended[name]) for name in head_names}
         return Connection(
             inputs=inputs,
             features=pooled([attended[n] for n in head_names], mask, head_names),
@@ -158,3 +163,25 @@ class MTAN(Sharing):
 
     def get_config(self):
         return {"at": list(self.at)}
+
+
+def _weightless_tail(trunk, last_map, last_name):
+    """The trunk's layers after the last attended map, run on each head's map.
+
+    Only weight-free layers (flatten, pooling, activations) are allowed there:
+    layers with weights would sit outside the model's ``"trunk"`` and escape
+    freezing. None when the last attended map is the trunk's output.
+    """
+    output = trunk.outputs[0]
+    if last_map is output:
+        return None
+    tail = keras.Model(last_map, output, name="trunk_tail")
+    weighted = [layer.name for layer in tail.layers if layer.weights]
+    if weighted:
+        raise ValueError(
+            f"MTAN(at=...): the trunk's layers {weighted} after {last_name!r} "
+            "have weights, and the trunk's output is no feature map to attend "
+            "over. Cut the trunk at a feature map (trunk_output=<layer>) or "
+            "at a weight-free layer after the last one in at= (e.g. Flatten)."
+        )
+    return tail
