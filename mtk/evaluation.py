@@ -299,6 +299,20 @@ def class_names(head):
     return [str(i) for i in range(head.num_classes)]
 
 
+def mean_std(values, fmt=".3f"):
+    """``"mean ± std"`` of ``values`` (population std), for result tables.
+
+    Example:
+
+    >>> mtk.evaluation.mean_std([1.0, 2.0, 3.0], ".2f")
+    '2.00 ± 0.82'
+    >>> mtk.evaluation.mean_std([1.5, 2.5], "+.1f")
+    '+2.0 ± 0.5'
+    """
+    values = np.asarray(list(values), float)
+    return f"{values.mean():{fmt}} ± {values.std():{fmt.lstrip('+')}}"
+
+
 def format_table(rows, title=None):
     """Rows of flat dicts as a Markdown table.
 

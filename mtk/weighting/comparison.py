@@ -15,6 +15,7 @@ from mtk.evaluation import delta_m
 from mtk.evaluation import evaluate_heads
 from mtk.evaluation import format_table
 from mtk.evaluation import higher_is_better
+from mtk.evaluation import mean_std
 from mtk.evaluation import primary_metrics
 from mtk.weighting.base import LossWeighting
 
@@ -48,10 +49,6 @@ def _labelled(methods):
     if len(set(labels)) != len(labels):
         raise ValueError(f"compare: method labels must be distinct, got {labels}.")
     return labelled
-
-
-def _mean_std(values, fmt):
-    return f"{np.mean(values):{fmt}} ± {np.std(values):{fmt.lstrip('+')}}"
 
 
 def compare(make_model, train_data, test_data, methods=("static",), *, seeds=3,
@@ -132,11 +129,11 @@ def compare(make_model, train_data, test_data, methods=("static",), *, seeds=3,
         base = runs[baseline]
         row = {"method": label}
         for head in runs[label][0]["metrics"]:
-            row[head] = _mean_std([r["metrics"][head] for r in runs[label]], ".4f")
-        row[f"Δm vs {baseline} (%)"] = _mean_std(
+            row[head] = mean_std([r["metrics"][head] for r in runs[label]], ".4f")
+        row[f"Δm vs {baseline} (%)"] = mean_std(
             [delta_m(r["metrics"], b["metrics"], directions)
              for r, b in zip(runs[label], base)], "+.2f")
-        row[f"step / {baseline}"] = _mean_std(
+        row[f"step / {baseline}"] = mean_std(
             [r["step_seconds"] / b["step_seconds"]
              for r, b in zip(runs[label], base)], ".2f") + "×"
         row["runs"] = runs[label]
