@@ -1,0 +1,169 @@
+"""How tasks share the model, on MultiFashion with a pretrained image trunk.
+
+Every sharing architecture of `mtk.sharing` trains the same two MultiFashion
+tasks (class of the top-left and of the bottom-right Fashion-MNIST item on a
+36x36 canvas) from the same pretrained trunk: `mtk.data.fashion_cnn`
+pretrained on single Fashion-MNIST items as in the quick start, cut at its
+convolutional features. Same schedule for all (`mtk.fit_transfer`: frozen
+epochs, then fine-tuning), same data, same seed per round; one model per
+task (hard sharing, one head) is the single-task baseline.
+
+The table gives, mean ± std over seeds:
+
+- each head's test accuracy, and Δm against the single-task models and
+  against hard sharing (paired per seed, `mtk.evaluation.delta_m`);
+- parameters;
+- the median training step time and the inference time of the test set,
+  as ratios to hard sharing in the same seed (runs interleave, so machine
+  noise spreads evenly).
+
+    .venv/bin/python benchmarks/sharing.py                   # ~15 min on 2 cores
+    .venv/bin/python benchmarks/sharing.py --seeds 1 --train-size 1000
+"""
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import mtk  # noqa: E402
+from mtk.data.fashion_trunk import TRUNK_OUTPUT  # noqa: E402
+from mtk.evaluation import StepTimer  # noqa: E402
+from mtk.evaluation import format_table  # noqa: E402
+from mtk.evaluation import mean_std  # noqa: E402
+
+BLOCKS = ["block1_pool", "block2_pool"]
+ARCHITECTURES = {
+    "hard": lambda: "hard",
+    "mmoe": lambda: mtk.sharing.MMoE(num_experts=4, expert_units=(32,)),
+    "cgc": lambda: mtk.sharing.CGC(num_shared_experts=2, num_task_experts=1,
+                                   expert_units=(32,)),
+    "ple": lambda: mtk.sharing.PLE(num_levels=2, num_shared_experts=2,
+                                   num_task_experts=1, expert_units=(32,)),
+    "mtan": lambda: mtk.sharing.MTAN(at=BLOCKS),
+    "cross_stitch": lambda: mtk.sharing.CrossStitch(at=BLOCKS),
+}
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES),
+                        choices=list(ARCHITECTURES))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--train-size", type=int, default=3000)
+    parser.add_argument("--test-size", type=int, default=1000)
+    parser.add_argument("--frozen-epochs", type=int, default=1)
+    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--finetune-learning-rate", type=float, default=1e-3)
+    parser.add_argument("--source-examples", type=int, default=30_000)
+    parser.add_argument("--data-dir", default="runs/tfds")
+    args = parser.parse_args()
+    if "hard" not in args.architectures:
+        args.architectures.insert(0, "hard")  # the ratios' reference
+    return args
+
+
+def dataset(x, y, batch_size, shuffle_seed=None):
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(x), seed=shuffle_seed)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def inference_seconds(model, x, repeats=3):
+    model.predict(x[:256], batch_size=256, verbose=0)  # traces predict
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.predict(x, batch_size=256, verbose=0)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def run(args, trunk_path, sharing, tasks, data, seed):
+    """Trains one model; its test accuracies, parameters and timings."""
+    (x, y), (x_test, y_test) = data["train"], data["test"]
+    keras.utils.set_random_seed(seed)
+    model = mtk.build_multitask_model(
+        trunk_path, trunk_output=TRUNK_OUTPUT,
+        heads=mtk.data.multi_fashion_heads(tasks), sharing=sharing,
+        learning_rate=args.learning_rate)
+    timer = StepTimer()
+    mtk.fit_transfer(
+        model, dataset(x, {t: y[t] for t in tasks}, args.batch_size, seed),
+        frozen_epochs=args.frozen_epochs, finetune_epochs=args.finetune_epochs,
+        finetune_learning_rate=args.finetune_learning_rate,
+        callbacks=[timer], verbose=0)
+    report = mtk.evaluation.evaluate_heads(
+        model, dataset(x_test, {t: y_test[t] for t in tasks}, 512))
+    return {
+        "accuracy": {t: report[t]["accuracy"] for t in tasks},
+        "params": model.count_params(),
+        "step_s": timer.median(),
+        "infer_s": inference_seconds(model, x_test),
+    }
+
+
+def main():
+    args = parse_args()
+    tasks = list(mtk.data.multi_fashion.TASKS)
+    data = mtk.data.load_multi_fashion(args.train_size, args.test_size,
+                                       data_dir=args.data_dir)
+    work = tempfile.mkdtemp(prefix="mtk_sharing_")
+    trunk_path, seconds, accuracy = mtk.data.pretrain_fashion_trunk(
+        os.path.join(work, "trunk.keras"), examples=args.source_examples)
+    print(f"pretrained trunk: {accuracy:.3f} single-item accuracy in {seconds:.0f} s",
+          flush=True)
+
+    runs = {name: [] for name in args.architectures + ["single-task"]}
+    for seed in range(args.seeds):
+        single = {"accuracy": {}, "params": 0, "step_s": 0.0, "infer_s": 0.0}
+        for task in tasks:
+            result = run(args, trunk_path, "hard", [task], data, seed)
+            single["accuracy"].update(result["accuracy"])
+            for key in ("params", "step_s", "infer_s"):
+                single[key] += result[key]  # K models: their total cost
+        runs["single-task"].append(single)
+        for name in args.architectures:
+            start = time.perf_counter()
+            result = run(args, trunk_path, ARCHITECTURES[name](), tasks, data, seed)
+            runs[name].append(result)
+            print(f"seed {seed} {name:<12} "
+                  + " ".join(f"{t} {result['accuracy'][t]:.4f}" for t in tasks)
+                  + f" step {1000 * result['step_s']:.1f} ms"
+                  f" ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    rows = []
+    for name, results in runs.items():
+        hard = runs["hard"]
+        row = {"sharing": name}
+        for task in tasks:
+            row[task] = mean_std([r["accuracy"][task] for r in results], ".4f")
+        for label, reference in (("single-task", runs["single-task"]), ("hard", hard)):
+            row[f"Δm vs {label} (%)"] = mean_std(
+                [mtk.evaluation.delta_m(r["accuracy"], b["accuracy"], True)
+                 for r, b in zip(results, reference)], "+.2f")
+        row["params"] = f"{int(np.mean([r['params'] for r in results])):,}"
+        for key, label in (("step_s", "train step / hard"), ("infer_s", "inference / hard")):
+            row[label] = mean_std([r[key] / h[key] for r, h in zip(results, hard)], ".2f")
+        rows.append(row)
+    print()
+    print(format_table(rows, title=(
+        f"MultiFashion, {args.train_size} training / {args.test_size} test images, "
+        f"{args.frozen_epochs} frozen + {args.finetune_epochs} fine-tuning epochs, "
+        f"{args.seeds} seeds (single-task: one model per task, costs summed)")))
+
+
+if __name__ == "__main__":
+    main()
