@@ -49,7 +49,7 @@ def test_the_builder_always_returns_one_class(tiny_model):
 def test_config_holds_the_constructor_arguments(tiny_model):
     config = tiny_model.get_config()
     assert {"trunk", "heads", "input_shape", "input_dtype", "input_name",
-            "preprocessing", "loss_weighting"} <= set(config)
+            "preprocessing", "loss_weighting", "sharing"} <= set(config)
     assert "layers" not in config  # not revived as a generic functional graph
     revived = run_serialization_test(tiny_model)
     assert list(revived.heads) == list(tiny_model.heads)

@@ -213,6 +213,7 @@ def test_each_architecture_trains_frozen_then_fine_tuned_and_saves(key, tmp_path
     is untouched in phase 1 and trained in phase 2; .keras in safe mode."""
     sharing = ARCHITECTURES[key]
     model = build(sharing, loss_weighting="upgrad")
+    assert model.trunk is model.get_layer("trunk")  # what freezing acts on
     x, y = data()
     trunk_before = [w.numpy().copy() for w in model.trunk.weights]
     # Phase 1 alone first: nothing in the trunk moves (BatchNormalization's
