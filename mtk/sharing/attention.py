@@ -27,9 +27,11 @@ class TaskAttention(keras.layers.Layer):
     For head ``t`` and the shared feature map ``p_j`` at level ``j``
     (Liu et al. 2019, Eq. 1): the mask
     ``a_j = sigmoid(BN(conv1x1(relu(BN(conv1x1([p_j, f_j(â_{j-1})]))))))``
-    and the attended map ``â_j = a_j * p_j``, where ``f_j`` (3x3 conv, BN,
-    ReLU, resize) brings the previous attended map to ``p_j``'s channels and
-    size; at the first level the mask reads ``p_1`` alone.
+    and the attended map ``â_j = a_j * p_j``, where ``f_j`` brings the
+    previous attended map to ``p_j``'s size and channels (resize, 3x3 conv,
+    BN, ReLU: the paper convolves before pooling; resizing first runs the
+    convolution at the smaller size, a quarter of the cost for a stride-2
+    block); at the first level the mask reads ``p_1`` alone.
 
     Args:
         head_names: the heads, one branch each.
@@ -73,8 +75,10 @@ class TaskAttention(keras.layers.Layer):
                 x = shared
                 if attended is not None:
                     conv, norm, resize = level["previous"]
-                    previous = ops.relu(norm(conv(attended), training=training))
-                    x = ops.concatenate([shared, resize(previous)], axis=-1)
+                    # Resized first: the 3x3 convolution then runs at the
+                    # (smaller) size of this level's map.
+                    previous = ops.relu(norm(conv(resize(attended)), training=training))
+                    x = ops.concatenate([shared, previous], axis=-1)
                 conv_a, bn_a, conv_b, bn_b = level["mask"]
                 hidden = ops.relu(bn_a(conv_a(x), training=training))
                 mask = ops.sigmoid(bn_b(conv_b(hidden), training=training))

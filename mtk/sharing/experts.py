@@ -105,8 +105,13 @@ class ExpertNetwork(keras.layers.Layer):
         """Stacked weights of ``count`` experts: [(kernel, bias), ...]."""
         weights = []
         for i, units in enumerate(self.expert_units):
+            # Glorot for each expert's own (dim, units) kernel: Keras' glorot
+            # on the stacked (count, dim, units) shape would count the
+            # experts into the fans and start them sqrt(count) too small.
+            limit = float(np.sqrt(6.0 / (dim + units)))
             kernel = self.add_weight(
-                shape=(count, dim, units), initializer="glorot_uniform",
+                shape=(count, dim, units),
+                initializer=keras.initializers.RandomUniform(-limit, limit),
                 name=f"{prefix}_kernel_{i}",
             )
             bias = self.add_weight(
