@@ -35,7 +35,7 @@ import tensorflow as tf
 from mtk.losses import MaskedLoss
 from mtk.losses import MaskedMetric
 
-RESERVED_NAMES = ("trunk", "pooling")
+RESERVED_NAMES = ("trunk", "pooling", "sharing", "task_attention", "trunk_tail")
 
 
 class LabelValueError(ValueError):

@@ -310,6 +310,7 @@ def test_tuning_works_with_a_sharing_architecture(tmp_path):
     (lambda: MTAN(at=[]), r"MTAN\(at=\[\]\)"),
     (lambda: mtk.sharing.get_sharing("mtan"), r"MTAN\(at="),
     (lambda: mtk.sharing.get_sharing("soft"), r"Unknown sharing='soft'.*'mmoe'"),
+    (lambda: mtk.heads.Binary("sharing"), r"'sharing' clashes with a layer mtk reserves"),
 ])
 def test_bad_arguments_name_the_fault(make, match):
     with pytest.raises(ValueError, match=match):
