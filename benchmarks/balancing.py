@@ -96,21 +96,9 @@ def fashion_trio(args):
 
 
 def conflict(args, cosine=-0.8, dim=16):
-    rng = np.random.default_rng(0)
-    u1, u2 = np.linalg.qr(rng.normal(size=(dim, 2)))[0].T
-    w1, w2 = u1, cosine * u1 + np.sqrt(1 - cosine ** 2) * u2
-    alphas, betas = rng.normal(size=(2, 10)), rng.normal(size=(2, 10))
-
-    def sample(n):
-        x = rng.normal(size=(n, dim)).astype("float32")
-        ys = {}
-        for i, w in enumerate((w1, w2)):
-            z = x @ w
-            ys[f"task{i}"] = (z + np.sin(alphas[i][:, None] * z + betas[i][:, None]).sum(0)
-                              + rng.normal(scale=0.1, size=n)).astype("float32")
-        return x, ys
-
-    splits = {"train": sample(args.train_size), "test": sample(args.test_size)}
+    problem = mtk.data.MMoESynthetic(cosine, dim=dim, c=1.0, m=10, noise_std=0.1, seed=0)
+    splits = {"train": problem.sample(args.train_size, sample_seed=0),
+              "test": problem.sample(args.test_size, sample_seed=1)}
     heads = lambda: [mtk.heads.Regression("task0"), mtk.heads.Regression("task1")]  # noqa: E731
     return splits, lambda: mlp(dim), heads
 

@@ -21,6 +21,7 @@ MODULES = [
     "mtk.data.labels",
     "mtk.data.mixing",
     "mtk.data.multi_fashion",
+    "mtk.data.synthetic",
     "mtk.data.tfds_pipeline",
     "mtk.distribute",
     "mtk.evaluation",

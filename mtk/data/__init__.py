@@ -9,6 +9,8 @@
   any size as numpy arrays, `multi_fashion_heads` its heads.
 - `pretrain_fashion_trunk` / `fashion_cnn`: an offline "pretrained trunk"
   (a small CNN that learned Fashion-MNIST), for transfer without downloads.
+- `mmoe_synthetic` / `MMoESynthetic`: the MMoE paper's synthetic regression
+  pair (Ma et al. 2018, Sec. 3), whose task correlation you set.
 """
 
 from mtk.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASS_NAMES
@@ -23,10 +25,13 @@ from mtk.data.multi_fashion import MultiFashionConfig
 from mtk.data.multi_fashion import lenet
 from mtk.data.multi_fashion import load_multi_fashion
 from mtk.data.multi_fashion import multi_fashion_heads
+from mtk.data.synthetic import MMoESynthetic
+from mtk.data.synthetic import mmoe_synthetic
 from mtk.data.tfds_pipeline import from_tfds
 
 __all__ = [
     "FASHION_MNIST_CLASS_NAMES",
+    "MMoESynthetic",
     "MultiFashion",
     "MultiFashionConfig",
     "fashion_cnn",
@@ -36,6 +41,7 @@ __all__ = [
     "lenet",
     "load_multi_fashion",
     "missing_label",
+    "mmoe_synthetic",
     "mix",
     "multi_fashion_heads",
     "pretrain_fashion_trunk",
