@@ -17,6 +17,13 @@ The table gives, mean ± std over seeds:
   as ratios to hard sharing in the same seed (runs interleave, so machine
   noise spreads evenly).
 
+Then the cost alone (``--cost-rounds`` rounds, interleaved; random data and
+weights, since timing does not depend on them): the median training step of
+each architecture as a ratio to hard sharing's in the same round, on the
+trunk cut at its convolutional features (as above) and on the quick start's
+own cut, the 128-unit ``features`` layer (MMoE / CGC / PLE only: MTAN and
+cross-stitch need the feature maps).
+
     .venv/bin/python benchmarks/sharing.py                   # ~15 min on 2 cores
     .venv/bin/python benchmarks/sharing.py --seeds 1 --train-size 1000
 """
@@ -68,6 +75,9 @@ def parse_args():
     parser.add_argument("--finetune-learning-rate", type=float, default=3e-4)
     parser.add_argument("--source-examples", type=int, default=30_000)
     parser.add_argument("--data-dir", default="runs/tfds")
+    parser.add_argument("--cost-rounds", type=int, default=5)
+    parser.add_argument("--cost-only", action="store_true",
+                        help="skip the MultiFashion quality runs")
     args = parser.parse_args()
     if "hard" not in args.architectures:
         args.architectures.insert(0, "hard")  # the ratios' reference
@@ -115,8 +125,45 @@ def run(args, trunk_path, sharing, tasks, data, seed):
     }
 
 
+def step_time(sharing, trunk_output, x, y, batch_size):
+    keras.utils.set_random_seed(0)
+    model = mtk.build_multitask_model(
+        mtk.data.fashion_cnn(), trunk_output=trunk_output, trunk_weights=None,
+        freeze_trunk=False, heads=mtk.data.multi_fashion_heads(), sharing=sharing)
+    timer = StepTimer()
+    model.fit(x, y, batch_size=batch_size, epochs=3, verbose=0, callbacks=[timer])
+    return timer.median()
+
+
+def cost_table(args):
+    """Step time per architecture / hard sharing's, rounds interleaved."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (40 * args.batch_size, 36, 36, 1)).astype("float32")
+    y = {t: rng.integers(0, 10, len(x)) for t in mtk.data.multi_fashion.TASKS}
+    cuts = {TRUNK_OUTPUT: args.architectures,
+            "features": [a for a in args.architectures
+                         if a in ("hard", "mmoe", "cgc", "ple")]}
+    ratios = {(cut, a): [] for cut, names in cuts.items() for a in names}
+    for round_ in range(args.cost_rounds):
+        for cut, names in cuts.items():
+            times = {a: step_time(ARCHITECTURES[a](), cut, x, y, args.batch_size)
+                     for a in names}
+            for a in names:
+                ratios[(cut, a)].append(times[a] / times["hard"])
+        print(f"cost round {round_ + 1}/{args.cost_rounds} done", flush=True)
+    rows = [{"trunk cut at": cut, "sharing": a, "train step / hard": mean_std(r, ".2f")}
+            for (cut, a), r in ratios.items()]
+    print()
+    print(format_table(rows, title=(
+        f"Training step time / hard sharing's, fashion_cnn trunk, batch "
+        f"{args.batch_size}, {args.cost_rounds} rounds")))
+
+
 def main():
     args = parse_args()
+    if args.cost_only:
+        cost_table(args)
+        return
     tasks = list(mtk.data.multi_fashion.TASKS)
     data = mtk.data.load_multi_fashion(args.train_size, args.test_size,
                                        data_dir=args.data_dir)
@@ -163,6 +210,7 @@ def main():
         f"MultiFashion, {args.train_size} training / {args.test_size} test images, "
         f"{args.frozen_epochs} frozen + {args.finetune_epochs} fine-tuning epochs, "
         f"{args.seeds} seeds (single-task: one model per task, costs summed)")))
+    cost_table(args)
 
 
 if __name__ == "__main__":
