@@ -40,6 +40,7 @@ MODULES = [
     "mtk.trunks",
     "mtk.builder",
     "mtk.training",
+    "mtk.tuning.distributed",
     "mtk.tuning.hypermodel",
     "mtk.tuning.score",
     "mtk.tuning.tune",

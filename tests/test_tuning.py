@@ -1,7 +1,10 @@
 """Tests of mtk.tuning: loss-weight tuning with KerasTuner."""
 
 import glob
+import json
 import os
+import re
+import socket
 import warnings
 
 import keras
@@ -12,7 +15,9 @@ import tensorflow as tf
 
 import mtk
 from mtk import tuning
+from testing import finish_python
 from testing import run_python
+from testing import start_python
 
 HEADS = ("item", "flag", "price")
 # Models are built, trials counted: module-level so KerasTuner's deep copies
@@ -412,3 +417,164 @@ def test_tuner_runs_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert result["replicas"] == 2
     assert result["weights"] == ["flag", "item", "price"]
     assert np.isfinite(result["score"])
+
+
+# KerasTuner's distributed mode: one chief serving the oracle on 127.0.0.1,
+# workers asking it for trials. The same script runs in every process.
+DISTRIBUTED_SCRIPT = """
+import time
+import keras
+import test_tuning
+from mtk import tuning
+
+directory, barrier = sys.argv[1], sys.argv[2]
+tuner_id = os.environ["KERASTUNER_TUNER_ID"]
+
+class BothWorkersTrain(keras.callbacks.Callback):
+    # Holds a worker's trial until the other worker trains too: without it,
+    # one worker could run all four trials before the other asks for one.
+    def on_train_begin(self, logs=None):
+        open(os.path.join(barrier, tuner_id), "w").close()
+        deadline = time.monotonic() + 120  # no hang if the other one died
+        while len(os.listdir(barrier)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+tuner = tuning.tune_loss_weights(
+    test_tuning.make_model, test_tuning.vector_data(),
+    validation_data=test_tuning.vector_data(32, seed=1),
+    max_trials=4, epochs=1, directory=directory, overwrite=False,
+    callbacks=[BothWorkersTrain()], chief_timeout=120)
+report({"returned": None} if tuner is None else {
+    "weights": tuner.best_loss_weights(),
+    "rows": tuner.trials_table(print_table=False),
+})
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kerastuner_env(tuner_id, port):
+    return {
+        "KERASTUNER_TUNER_ID": tuner_id,
+        "KERASTUNER_ORACLE_IP": "127.0.0.1",
+        "KERASTUNER_ORACLE_PORT": str(port),
+    }
+
+
+@pytest.mark.slow
+def test_distributed_search_chief_and_two_workers_on_localhost(tmp_path):
+    directory, barrier = tmp_path / "search", tmp_path / "barrier"
+    barrier.mkdir()
+    port = free_port()
+    names = ("chief", "worker0", "worker1")
+    processes = {
+        name: start_python(DISTRIBUTED_SCRIPT, tmp_path, name=name,
+                           args=[directory, barrier], env=kerastuner_env(name, port))
+        for name in names
+    }
+    results = {name: finish_python(processes[name], timeout=300) for name in names}
+    for name, (returncode, _, output) in results.items():
+        assert returncode == 0, f"{name}:\n{output[-4000:]}"
+
+    # The chief printed the table and returned the best of the four trials.
+    _, chief, chief_output = results["chief"]
+    assert tuning.OBJECTIVE in chief_output and "4 trials" in chief_output
+    rows = chief["rows"]
+    assert [row["trial"] for row in rows] == ["0", "1", "2", "3"]
+    (best,) = [row for row in rows if row["best"]]
+    assert best[tuning.OBJECTIVE] == max(row[tuning.OBJECTIVE] for row in rows)
+    assert chief["weights"] == {h: best["weight_" + h] for h in HEADS}
+
+    # Each worker ran some of them, and together all of them, once.
+    ran = {}
+    for name in ("worker0", "worker1"):
+        returncode, worker_report, output = results[name]
+        assert worker_report == {"returned": None}  # results are the chief's
+        (line,) = re.findall(rf"Worker '{name}' ran trials ([\d, ]+);", output)
+        ran[name] = line.split(", ")
+    assert all(ran.values()), ran
+    assert sorted(ran["worker0"] + ran["worker1"]) == ["0", "1", "2", "3"]
+    trial_files = sorted(glob.glob(str(directory / "loss_weights" / "trial_*" / "trial.json")))
+    assert len(trial_files) == 4
+    before = [open(f).read() for f in trial_files]
+
+    # Re-running the chief on the finished search serves nothing (no worker
+    # would come: KerasTuner's chief would wait forever) and re-runs no trial.
+    again = start_python(DISTRIBUTED_SCRIPT, tmp_path, name="chief_again",
+                         args=[directory, barrier], env=kerastuner_env("chief", port))
+    returncode, resumed, output = finish_python(again, timeout=300)
+    assert returncode == 0, output[-4000:]
+    assert "is complete; not serving it" in output
+    assert resumed == chief
+    assert [open(f).read() for f in trial_files] == before
+    assert all(json.loads(text)["status"] == "COMPLETED" for text in before)
+
+
+def test_worker_without_a_reachable_chief_fails_within_chief_timeout(
+    tmp_path, monkeypatch
+):
+    # A port bound but not listening on 127.0.0.1: every connection is refused.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        for key, value in kerastuner_env("worker0", port).items():
+            monkeypatch.setenv(key, value)
+        assert tuning.tuner_role() == "worker"
+        with pytest.raises(ConnectionError) as error:
+            tune(tmp_path, chief_timeout=1.5, callbacks=[count_epochs()])
+    message = str(error.value)
+    for part in (f"127.0.0.1:{port}", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT",
+                 "KERASTUNER_TUNER_ID", "'worker0'", "1.5 s"):
+        assert part in message
+    assert not EPOCHS  # no trial started
+
+
+def test_tuner_role_reads_kerastuner_environment(monkeypatch):
+    for key in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    assert tuning.tuner_role() is None
+    for key, value in kerastuner_env("chief", 8000).items():
+        monkeypatch.setenv(key, value)
+    assert tuning.tuner_role() == "chief"
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner3")
+    assert tuning.tuner_role() == "worker"
+    monkeypatch.delenv("KERASTUNER_ORACLE_PORT")
+    with pytest.raises(RuntimeError, match="KERASTUNER_ORACLE_PORT"):
+        tuning.tuner_role()
+
+
+def test_a_restarted_chief_runs_no_trial_twice(tmp_path, monkeypatch):
+    for key, value in kerastuner_env("chief", free_port()).items():
+        monkeypatch.setenv(key, value)  # nothing serves: no search() here
+
+    def chief(overwrite):
+        return tuning.TUNERS["random"](
+            tuning.MultiTaskHyperModel(make_model),
+            objective=tuning.make_objective(tuning.OBJECTIVE),
+            max_trials=3, directory=str(tmp_path), overwrite=overwrite)
+
+    def report_done(oracle, trial_id):
+        oracle.update_trial(trial_id, {tuning.OBJECTIVE: 0.5})
+        trial = oracle.get_trial(trial_id)
+        trial.status = keras_tuner.engine.trial.TrialStatus.COMPLETED
+        oracle.end_trial(trial)
+
+    first = chief(overwrite=True)
+    first.save()  # as KerasTuner's chief does before it serves
+    assert first.oracle.create_trial("worker0").trial_id == "0"
+    assert first.oracle.create_trial("worker1").trial_id == "1"
+    # The chief is killed and restarted; both workers go on.
+    oracle = chief(overwrite=False).oracle
+    report_done(oracle, "0")
+    assert oracle.create_trial("worker0").trial_id == "2"  # not "1": worker1 has it
+    # worker1, killed as well and restarted, gets its unfinished trial back.
+    assert oracle.create_trial("worker1").trial_id == "1"
+    report_done(oracle, "1")
+    report_done(oracle, "2")
+    assert oracle.create_trial("worker1").status == "STOPPED"
+    assert oracle.create_trial("worker0").status == "STOPPED"
+    assert [oracle.get_trial(t).score for t in "012"] == [0.5, 0.5, 0.5]

@@ -7,6 +7,8 @@
   ``logical_cpus`` CPU devices (two make a real MirroredStrategy on one CPU),
   for what must be configured before TensorFlow starts. The script calls
   ``report(value)`` to hand a JSON value back.
+- `start_python` / `finish_python`: the same, for scripts that must run at
+  the same time (a KerasTuner chief and its workers).
 """
 
 import json
@@ -45,17 +47,61 @@ def use_logical_cpus(count):
         )
 
 
+def _write_script(source, tmp_path, name, logical_cpus, report_name=None):
+    out = os.path.join(tmp_path, report_name or f"{name}.json")
+    script = os.path.join(tmp_path, f"{name}.py")
+    with open(script, "w") as f:
+        f.write(_PRELUDE.format(tests_dir=TESTS_DIR, logical_cpus=logical_cpus, out=out))
+        f.write(textwrap.dedent(source))
+    return script, out
+
+
+def start_python(source, tmp_path, *, name, args=(), env=None, logical_cpus=1):
+    """Starts ``source`` in a subprocess and returns it, without waiting.
+
+    Its output goes to ``tmp_path/<name>.log``; ``env`` adds environment
+    variables. Hand the process to `finish_python`.
+    """
+    script, out = _write_script(source, tmp_path, name, logical_cpus)
+    log = open(os.path.join(tmp_path, f"{name}.log"), "w")
+    process = subprocess.Popen(
+        [sys.executable, script, *map(str, args)],
+        stdout=log, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+    )
+    process.log_path, process.report_path = log.name, out
+    log.close()
+    return process
+
+
+def finish_python(process, timeout=600):
+    """Waits for a `start_python` process: ``(returncode, report, output)``.
+
+    ``report`` is what the script passed to ``report`` (None if nothing);
+    the process is killed if it runs past ``timeout``.
+    """
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    with open(process.log_path) as f:
+        output = f.read()
+    report = None
+    if os.path.exists(process.report_path):
+        with open(process.report_path) as f:
+            report = json.load(f)
+    return process.returncode, report, output
+
+
 def run_python(source, tmp_path, *, logical_cpus=1, args=(), timeout=600):
     """Runs ``source`` in a subprocess; returns what it passed to ``report``.
 
     Fails the test with the script's stderr when it exits non-zero or
     reports nothing.
     """
-    out = os.path.join(tmp_path, "report.json")
-    script = os.path.join(tmp_path, "script.py")
-    with open(script, "w") as f:
-        f.write(_PRELUDE.format(tests_dir=TESTS_DIR, logical_cpus=logical_cpus, out=out))
-        f.write(textwrap.dedent(source))
+    script, out = _write_script(
+        source, tmp_path, "script", logical_cpus, report_name="report.json")
     result = subprocess.run(
         [sys.executable, script, *map(str, args)],
         capture_output=True, text=True, timeout=timeout,

@@ -13,8 +13,13 @@ Laid out like KerasTuner's own engine (hypermodel / tuner / oracle):
   Hyperband with `best_loss_weights`, `best_model` and `trials_table` added
   (`TUNERS`), and `make_objective`.
 - `mtk.tuning.tune`: `tune_loss_weights`, the one call that runs a search.
+- `mtk.tuning.distributed`: KerasTuner's distributed mode (one chief, many
+  workers, set by ``KERASTUNER_*`` environment variables): `tuner_role`,
+  and a worker's bounded wait for its chief.
 """
 
+from mtk.tuning.distributed import CHIEF_TIMEOUT
+from mtk.tuning.distributed import tuner_role
 from mtk.tuning.hypermodel import DEFAULT_WEIGHT_RANGE
 from mtk.tuning.hypermodel import WEIGHT_PREFIX
 from mtk.tuning.hypermodel import MultiTaskHyperModel
@@ -32,6 +37,7 @@ from mtk.tuning.tuners import LossWeightTunerMixin
 from mtk.tuning.tuners import make_objective
 
 __all__ = [
+    "CHIEF_TIMEOUT",
     "DEFAULT_WEIGHT_RANGE",
     "HeadReference",
     "LossWeightBayesianOptimization",
@@ -47,4 +53,5 @@ __all__ = [
     "make_objective",
     "score_references",
     "tune_loss_weights",
+    "tuner_role",
 ]

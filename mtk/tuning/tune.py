@@ -2,6 +2,12 @@
 
 from mtk.tuning.hypermodel import DEFAULT_WEIGHT_RANGE
 from mtk.tuning.hypermodel import MultiTaskHyperModel
+from mtk.tuning.distributed import CHIEF
+from mtk.tuning.distributed import CHIEF_TIMEOUT
+from mtk.tuning.distributed import WORKER
+from mtk.tuning.distributed import chief_address
+from mtk.tuning.distributed import tuner_role
+from mtk.tuning.distributed import wait_for_chief
 from mtk.tuning.score import OBJECTIVE
 from mtk.tuning.tuners import TUNERS
 from mtk.tuning.tuners import make_objective
@@ -30,6 +36,7 @@ def tune_loss_weights(
     distribution_strategy=None,
     executions_per_trial=1,
     seed=None,
+    chief_timeout=CHIEF_TIMEOUT,
     **fit_kwargs,
 ):
     """Tunes the per-head loss weights of a multi-task model with KerasTuner.
@@ -38,6 +45,21 @@ def tune_loss_weights(
     with ``overwrite=False`` a re-run reloads the search from there and runs
     only the trials still missing (e.g. after an interruption, or with a
     larger ``max_trials``).
+
+    The same call runs one search across processes or machines in
+    KerasTuner's distributed mode (`mtk.tuning.distributed`): with
+    ``KERASTUNER_ORACLE_IP``, ``KERASTUNER_ORACLE_PORT`` and
+    ``KERASTUNER_TUNER_ID`` set, the process whose id is ``chief`` serves the
+    search and trains nothing; every other process (a worker) waits up to
+    ``chief_timeout`` seconds for the chief, then runs the trials it is handed
+    until none is left. When the search is done the chief prints the trials
+    table and returns the tuner; each worker prints the trials it ran and
+    returns None, since the results are the chief's. A chief re-run on a
+    finished search (``overwrite=False``) returns at once; a killed worker
+    restarted with the same ``KERASTUNER_TUNER_ID`` re-runs only the trial it
+    was killed in. A worker never deletes the project (``overwrite`` is the
+    chief's). `best_model` on the chief needs the workers' checkpoints, i.e.
+    a ``directory`` all of them share.
 
     Args:
         make_model: a function returning a fresh model from
@@ -69,6 +91,8 @@ def tune_loss_weights(
         distribution_strategy: a `tf.distribute.Strategy` each trial runs in.
         executions_per_trial: trainings per trial, averaged.
         seed: seed of the tuner's sampling.
+        chief_timeout: seconds a worker of a distributed search waits for its
+            chief to accept connections before raising `ConnectionError`.
         **fit_kwargs: other `keras.Model.fit` arguments (``callbacks``,
             ``verbose``, ``steps_per_epoch``, ...).
 
@@ -76,9 +100,14 @@ def tune_loss_weights(
         The tuner (a subclass of the chosen KerasTuner tuner), after the
         search; it has `best_loss_weights()`, `best_model()` and
         `trials_table()`, and the table has been printed unless
-        ``verbose=0``.
+        ``verbose=0``. None on a worker of a distributed search.
 
     Raises:
+        ConnectionError: on a worker, when no chief answers at
+            ``KERASTUNER_ORACLE_IP:KERASTUNER_ORACLE_PORT`` within
+            ``chief_timeout`` seconds.
+        RuntimeError: ``KERASTUNER_ORACLE_IP`` is set without the other two
+            variables.
         ValueError: for a bad weight range, a head name the model lacks, a
             missing ``validation_data``, or an objective that the models
             never log (before the search, listing what they log).
@@ -104,6 +133,7 @@ def tune_loss_weights(
     >>> len(tuner.trials_table(print_table=False))
     2
     """
+    role = tuner_role()
     if tuner not in TUNERS:
         raise ValueError(
             f"tuner must be one of {sorted(TUNERS)}, got {tuner!r}."
@@ -119,6 +149,14 @@ def tune_loss_weights(
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{argument} must be an integer >= 1, got {value!r}.")
+    if (
+        not isinstance(chief_timeout, (int, float))
+        or isinstance(chief_timeout, bool)
+        or not chief_timeout > 0
+    ):
+        raise ValueError(
+            f"chief_timeout must be a number of seconds > 0, got {chief_timeout!r}."
+        )
     for key in ("epochs", "initial_epoch", "validation_split", "x", "y"):
         if key in fit_kwargs:
             raise ValueError(
@@ -151,7 +189,9 @@ def tune_loss_weights(
         seed=seed,
         directory=directory,
         project_name=project_name,
-        overwrite=overwrite,
+        # Workers share the chief's project (on one machine, its very
+        # directory): deleting it is for the chief alone.
+        overwrite=overwrite and role != WORKER,
         distribution_strategy=distribution_strategy,
         executions_per_trial=executions_per_trial,
         **budget,
@@ -167,8 +207,30 @@ def tune_loss_weights(
             f"{hypermodel.logged_names}. Use {OBJECTIVE!r} or one of the val_ "
             "metrics."
         )
-    search.search(
-        train_data, validation_data=validation_data, epochs=epochs, **fit_kwargs
-    )
-    search.trials_table(print_table=fit_kwargs.get("verbose", 1) != 0)
+    verbose = fit_kwargs.get("verbose", 1) != 0
+    if role == WORKER:
+        wait_for_chief(chief_timeout)
+    if role == CHIEF and search.search_finished():
+        # KerasTuner's chief would serve until a worker asks for a trial,
+        # i.e. forever when none comes: there is nothing left to hand out.
+        if verbose:
+            print(f"The search in {search.project_dir} is complete; not serving it.")
+    else:
+        if role == CHIEF and verbose:
+            print(
+                f"Chief: serving the search at {chief_address()} until the "
+                "workers have run every trial."
+            )
+        search.search(
+            train_data, validation_data=validation_data, epochs=epochs, **fit_kwargs
+        )
+    if role == WORKER:
+        if verbose:
+            print(
+                f"Worker {search.tuner_id!r} ran trials "
+                f"{', '.join(search.ran_trials) or 'none'}; the chief at "
+                f"{chief_address()} holds the results."
+            )
+        return None
+    search.trials_table(print_table=verbose)
     return search

@@ -6,13 +6,22 @@ runs `mtk.tuning.MultiTaskHyperModel`; the subclasses here add
 and stop the search at the first epoch when the objective is never logged.
 """
 
+import json
+import os
+import types
+
 import keras_tuner
+import tensorflow as tf
 from keras_tuner.engine.metrics_tracking import infer_metric_direction
 from keras_tuner.engine.trial import TrialStatus
 from keras_tuner.errors import FatalValueError
 
 from mtk.evaluation import VAL_PREFIX
 from mtk.evaluation import format_table
+from mtk.tuning.distributed import CHIEF
+from mtk.tuning.distributed import WORKER
+from mtk.tuning.distributed import chief_address
+from mtk.tuning.distributed import tuner_role
 from mtk.tuning.hypermodel import loss_weights_of
 from mtk.tuning.score import OBJECTIVE
 
@@ -24,7 +33,65 @@ class LossWeightTunerMixin:
       metric names, when the objective is not among them (KerasTuner alone
       would mark every trial invalid and fail after the whole search).
     - `best_loss_weights`, `best_model` and `trials_table`.
+    - `ran_trials`: the ids of the trials this process ran, which on a
+      worker of a distributed search is all it knows of the search: the
+      results are the chief's (there the three methods above work; on a
+      worker they raise, naming the chief).
+    - Resuming a distributed search after its chief was killed runs no trial
+      twice (`reload`, and the oracle's display state saved after each new
+      trial); `search_finished` tells a chief not to serve a finished one.
     """
+
+    def __init__(self, *args, **kwargs):
+        self.ran_trials = []
+        super().__init__(*args, **kwargs)
+        # On a worker, the oracle is the chief's proxy (KerasTuner's
+        # OracleClient): the chief's own tuner wraps its oracle.
+        if isinstance(self.oracle, keras_tuner.Oracle):
+            _make_resumable(self.oracle)
+
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        self.ran_trials.append(trial.trial_id)
+
+    def reload(self):
+        """Reloads the search; on a chief, each running trial stays its worker's.
+
+        KerasTuner's oracle sends the trials that were running when it
+        stopped to its retry queue, for any tuner to run again. On a
+        restarted chief their workers usually still run them (KerasTuner's
+        client waits for the chief): each stays handed to the worker that
+        had it, which reports it, or, restarted with the same
+        ``KERASTUNER_TUNER_ID``, gets it again.
+        """
+        super().reload()
+        if tuner_role() != CHIEF:
+            return
+        path = os.path.join(self.project_dir, "oracle.json")
+        with tf.io.gfile.GFile(path) as f:
+            running = json.load(f)["ongoing_trials"]
+        oracle = self.oracle
+        for tuner_id, trial_id in running.items():
+            oracle.ongoing_trials[tuner_id] = oracle.trials[trial_id]
+        oracle._retry_queue[:] = [
+            trial_id for trial_id in oracle._retry_queue
+            if trial_id not in running.values()
+        ]
+
+    def search_finished(self):
+        """Whether a (reloaded) search has no trial left to run.
+
+        True when ``max_trials`` trials exist and each one completed or
+        failed for good (none running when the search stopped, none waiting
+        for a retry). False for Hyperband, which has no ``max_trials``: its
+        oracle alone knows when its brackets are done.
+        """
+        self._check_not_worker("search_finished")
+        remaining = self.oracle.remaining_trials()
+        return remaining is not None and remaining <= 0 and all(
+            trial.status in (TrialStatus.COMPLETED, TrialStatus.FAILED)
+            for trial in self.oracle.trials.values()
+        )
 
     def on_epoch_end(self, trial, model, epoch, logs=None):
         super().on_epoch_end(trial, model, epoch, logs=logs)
@@ -38,10 +105,12 @@ class LossWeightTunerMixin:
 
     def best_loss_weights(self):
         """The best trial's loss weights, ``{head: weight}``."""
+        self._check_not_worker("best_loss_weights")
         return loss_weights_of(self._best_trial().hyperparameters)
 
     def best_model(self):
         """The best trial's model, with the weights of its best epoch."""
+        self._check_not_worker("best_model")
         self._best_trial()
         return self.get_best_models(1)[0]
 
@@ -58,6 +127,7 @@ class LossWeightTunerMixin:
             ``best`` (True for the best trial). ``pandas.DataFrame(rows)``
             turns it into a data frame.
         """
+        self._check_not_worker("trials_table")
         objective = self.oracle.objective
         head_metrics = self.hypermodel.head_metrics()
         trials = [
@@ -86,6 +156,20 @@ class LossWeightTunerMixin:
             print(format_table(rows, title=f"{objective}, {len(rows)} trials"))
         return rows
 
+    def _check_not_worker(self, method):
+        # A worker's oracle is KerasTuner's OracleClient: a proxy to the
+        # chief that holds no trials (and the chief exits when the search is
+        # done, so asking it afterwards would wait for an hour).
+        if tuner_role() == WORKER:
+            raise RuntimeError(
+                f"{method}() needs the search's results, which the chief holds: "
+                f"this process is worker {self.tuner_id!r} of a distributed "
+                f"search (chief at {chief_address()}). Call it on the chief "
+                "(KERASTUNER_TUNER_ID=chief), or, once the search is done, in "
+                "a process without the KERASTUNER_ environment variables that "
+                "reloads the project (overwrite=False) from its directory."
+            )
+
     def _best_trial(self):
         best = self.oracle.get_best_trials(1)
         if not best:
@@ -94,6 +178,26 @@ class LossWeightTunerMixin:
                 "the search first."
             )
         return best[0]
+
+
+def _make_resumable(oracle):
+    """Makes ``oracle.create_trial`` save the oracle after displaying a trial.
+
+    KerasTuner's oracle saves itself before its display records a new
+    trial's start, so a chief killed mid-search and reloaded could not
+    display the end of a trial running then (a `KeyError`, which fails the
+    worker reporting it): saving once more after the display fixes that.
+    """
+    create_trial = oracle.create_trial
+
+    @keras_tuner.synchronized
+    def create_trial_saved(oracle, tuner_id):
+        trial = create_trial(tuner_id)
+        if trial.status == TrialStatus.RUNNING:
+            oracle.save()
+        return trial
+
+    oracle.create_trial = types.MethodType(create_trial_saved, oracle)
 
 
 class LossWeightRandomSearch(LossWeightTunerMixin, keras_tuner.RandomSearch):
