@@ -65,17 +65,7 @@ def parse_args():
 
 def quickstart_model():
     """The quick start's architecture (recipes/quickstart.py), random init."""
-    inputs = keras.Input((28, 28, 1), name="pixels")
-    x = keras.layers.Rescaling(1.0 / 255)(inputs)
-    for filters in (32, 64):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization(momentum=0.9)(x)
-        x = keras.layers.ReLU()(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="features")(x)
-    outputs = keras.layers.Dense(5, activation="softmax")(x)
-    source = keras.Model(inputs, outputs, name="source_cnn")
+    source = mtk.data.quickstart_cnn()
     return mtk.build_multitask_model(
         source,
         trunk_output="features",

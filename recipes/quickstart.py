@@ -73,26 +73,6 @@ def parse_args(argv=None):
     return args
 
 
-def source_network():
-    """A small CNN for 28x28 grayscale images; ``features`` is the trunk's end."""
-    inputs = keras.Input((28, 28, 1), name="pixels")
-    x = keras.layers.Rescaling(1.0 / 255)(inputs)
-    for filters in (32, 64):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        # momentum=0.9: the moving statistics settle within the few hundred
-        # steps a from-scratch baseline gets here (0.99 would not, and the
-        # baseline would look worse than it is).
-        x = keras.layers.BatchNormalization(momentum=0.9)(x)
-        x = keras.layers.ReLU()(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="features")(x)
-    outputs = keras.layers.Dense(
-        len(SOURCE_CLASSES), activation="softmax", name="source_classes"
-    )(x)
-    return keras.Model(inputs, outputs, name="source_cnn")
-
-
 def target_labels(y):
     """The two target tasks from Fashion-MNIST class ids of target images."""
     item = np.searchsorted(TARGET_CLASSES, y).astype("int64")
@@ -129,7 +109,7 @@ def main(argv=None):
         f"{source.sum()} images of {len(SOURCE_CLASSES)} clothing classes",
         flush=True,
     )
-    net = source_network()
+    net = mtk.data.quickstart_cnn(len(SOURCE_CLASSES))
     net.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss="sparse_categorical_crossentropy",

@@ -17,6 +17,7 @@ from mtk.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASS_NAMES
 from mtk.data.fashion_mnist import load_fashion_mnist
 from mtk.data.fashion_trunk import fashion_cnn
 from mtk.data.fashion_trunk import pretrain_fashion_trunk
+from mtk.data.fashion_trunk import quickstart_cnn
 from mtk.data.labels import label_spec
 from mtk.data.labels import missing_label
 from mtk.data.mixing import mix
