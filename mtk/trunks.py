@@ -133,6 +133,14 @@ def trunk_inputs(parts):
         ``(inputs, x, mask)``: the model's input tensor, the trunk's input
         (preprocessed) and, for text, the padding mask to pool with (else
         None).
+
+    Example:
+
+    >>> parts = mtk.trunks.resolve_trunk(
+    ...     "mobilenet_v3_small", input_shape=(32, 32, 3), trunk_weights=None)
+    >>> inputs, x, mask = mtk.trunks.trunk_inputs(parts)
+    >>> inputs.name, x.shape, mask is None
+    ('image', (None, 32, 32, 3), True)
     """
     inputs = keras.Input(
         shape=tuple(parts.input_shape), dtype=parts.input_dtype,

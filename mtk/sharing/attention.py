@@ -38,6 +38,13 @@ class TaskAttention(keras.layers.Layer):
 
     Returns (when called on a list of ``(batch, h, w, c)`` maps):
         dict ``{head: (batch, h, w, c)}`` of each head's attended last map.
+
+    Example:
+
+    >>> layer = mtk.sharing.TaskAttention(["a", "b"])
+    >>> maps = [np.ones((2, 8, 8, 4), "float32"), np.ones((2, 4, 4, 6), "float32")]
+    >>> {name: tuple(x.shape) for name, x in layer(maps).items()}
+    {'a': (2, 4, 4, 6), 'b': (2, 4, 4, 6)}
     """
 
     def __init__(self, head_names, **kwargs):

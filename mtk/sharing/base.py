@@ -108,6 +108,15 @@ def check_layer_names(method, at, trunk):
 
     The error for a wrong name lists the trunk's layers, and the order is
     the trunk's: the i-th name must come before the (i+1)-th.
+
+    Example:
+
+    >>> trunk = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d1"),
+    ...                           keras.layers.Dense(2, name="d2")])
+    >>> mtk.sharing.base.check_layer_names("MTAN", ["d2", "d1"], trunk)
+    Traceback (most recent call last):
+    ...
+    ValueError: MTAN(at=['d2', 'd1']): layers must be named in the trunk's order (input to output): ['d1', 'd2'].
     """
     if isinstance(at, str):
         at = [at]

@@ -77,6 +77,14 @@ class ExpertNetwork(keras.layers.Layer):
         ``(features, gates)``: dicts by head name of the ``(batch, units)``
         features the head reads and the ``(batch, experts)`` weights of its
         last-level gate.
+
+    Example:
+
+    >>> layer = mtk.sharing.ExpertNetwork(
+    ...     ["a", "b"], num_shared_experts=2, num_task_experts=1, expert_units=(4,))
+    >>> features, gates = layer(np.ones((3, 6), "float32"))
+    >>> tuple(features["a"].shape), tuple(gates["a"].shape)
+    ((3, 4), (3, 3))
     """
 
     def __init__(
