@@ -17,12 +17,10 @@ The table gives, mean ± std over seeds:
   as ratios to hard sharing in the same seed (runs interleave, so machine
   noise spreads evenly).
 
-Then the cost alone (``--cost-rounds`` rounds, interleaved; random data and
+Then the cost alone on the quick start's own network (`mtk.data.quickstart_cnn`
+cut at ``features``; ``--cost-rounds`` rounds, interleaved; random data and
 weights, since timing does not depend on them): the median training step of
-each architecture as a ratio to hard sharing's in the same round, on the
-trunk cut at its convolutional features (as above) and on the quick start's
-own cut, the 128-unit ``features`` layer (MMoE / CGC / PLE only: MTAN and
-cross-stitch need the feature maps).
+each architecture as a ratio to hard sharing's in the same round.
 
     .venv/bin/python benchmarks/sharing.py                   # ~15 min on 2 cores
     .venv/bin/python benchmarks/sharing.py --seeds 1 --train-size 1000
@@ -125,10 +123,14 @@ def run(args, trunk_path, sharing, tasks, data, seed):
     }
 
 
-def step_time(sharing, trunk_output, x, y, batch_size):
+QUICKSTART_BLOCKS = ["block1_pool", "block2_pool", "block3_conv"]
+
+
+def step_time(sharing, x, y, batch_size):
+    """Median training step of the quick start's network with ``sharing``."""
     keras.utils.set_random_seed(0)
     model = mtk.build_multitask_model(
-        mtk.data.fashion_cnn(), trunk_output=trunk_output, trunk_weights=None,
+        mtk.data.quickstart_cnn(), trunk_output="features", trunk_weights=None,
         freeze_trunk=False, heads=mtk.data.multi_fashion_heads(), sharing=sharing)
     timer = StepTimer()
     model.fit(x, y, batch_size=batch_size, epochs=3, verbose=0, callbacks=[timer])
@@ -138,25 +140,26 @@ def step_time(sharing, trunk_output, x, y, batch_size):
 def cost_table(args):
     """Step time per architecture / hard sharing's, rounds interleaved."""
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (40 * args.batch_size, 36, 36, 1)).astype("float32")
+    x = rng.uniform(0, 255, (40 * args.batch_size, 28, 28, 1)).astype("float32")
     y = {t: rng.integers(0, 10, len(x)) for t in mtk.data.multi_fashion.TASKS}
-    cuts = {TRUNK_OUTPUT: args.architectures,
-            "features": [a for a in args.architectures
-                         if a in ("hard", "mmoe", "cgc", "ple")]}
-    ratios = {(cut, a): [] for cut, names in cuts.items() for a in names}
+    architectures = dict(ARCHITECTURES)
+    architectures["mtan"] = lambda: mtk.sharing.MTAN(at=QUICKSTART_BLOCKS)
+    architectures["cross_stitch"] = lambda: mtk.sharing.CrossStitch(at=QUICKSTART_BLOCKS)
+    ratios = {name: [] for name in args.architectures}
     for round_ in range(args.cost_rounds):
-        for cut, names in cuts.items():
-            times = {a: step_time(ARCHITECTURES[a](), cut, x, y, args.batch_size)
-                     for a in names}
-            for a in names:
-                ratios[(cut, a)].append(times[a] / times["hard"])
+        times = {name: step_time(architectures[name](), x, y, args.batch_size)
+                 for name in args.architectures}
+        for name in args.architectures:
+            ratios[name].append(times[name] / times["hard"])
         print(f"cost round {round_ + 1}/{args.cost_rounds} done", flush=True)
-    rows = [{"trunk cut at": cut, "sharing": a, "train step / hard": mean_std(r, ".2f")}
-            for (cut, a), r in ratios.items()]
+    rows = [{"sharing": name, "train step / hard": mean_std(r, ".2f")}
+            for name, r in ratios.items()]
     print()
     print(format_table(rows, title=(
-        f"Training step time / hard sharing's, fashion_cnn trunk, batch "
-        f"{args.batch_size}, {args.cost_rounds} rounds")))
+        "Training step time / hard sharing's, the quick start's network "
+        f"(mtk.data.quickstart_cnn, 28x28) cut at 'features', 2 heads, batch "
+        f"{args.batch_size}, {args.cost_rounds} rounds (MTAN and cross-stitch "
+        f"at {QUICKSTART_BLOCKS})")))
 
 
 def main():

@@ -57,6 +57,8 @@ def quickstart_cnn(num_classes=5, name="source_cnn"):
 
     Its ``features`` layer (a 64-unit global average pool) ends the trunk
     (``trunk_output="features"``); ``source_classes`` learned the source task.
+    The named block outputs (``block1_pool``, ``block2_pool``,
+    ``block3_conv``) are where `mtk.sharing.MTAN` / ``CrossStitch`` attach.
 
     Example:
 
@@ -65,15 +67,16 @@ def quickstart_cnn(num_classes=5, name="source_cnn"):
     """
     inputs = keras.Input((28, 28, 1), name="pixels")
     x = keras.layers.Rescaling(1.0 / 255)(inputs)
-    for filters in (32, 64):
+    for block, filters in enumerate((32, 64), start=1):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
         # momentum=0.9: the moving statistics settle within the few hundred
         # steps a from-scratch baseline gets (0.99 would not, and the
         # baseline would look worse than it is).
         x = keras.layers.BatchNormalization(momentum=0.9)(x)
         x = keras.layers.ReLU()(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D(name=f"block{block}_pool")(x)
+    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu",
+                            name="block3_conv")(x)
     x = keras.layers.GlobalAveragePooling2D(name="features")(x)
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", name="source_classes")(x)
