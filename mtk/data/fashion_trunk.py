@@ -22,6 +22,25 @@ from mtk.data.multi_fashion import CANVAS_SIZE
 TRUNK_OUTPUT = "conv_features"
 
 
+def _conv_blocks(input_shape, filters):
+    """Pixels 0-255 -> rescale -> (conv, BN, ReLU, max-pool) per filter count.
+
+    The blocks' outputs are named ``block1_pool``, ``block2_pool``, ...: where
+    `mtk.sharing.MTAN` / ``CrossStitch`` attach.
+    """
+    inputs = keras.Input(input_shape, name="pixels")
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    for block, count in enumerate(filters, start=1):
+        x = keras.layers.Conv2D(count, 3, padding="same", use_bias=False)(x)
+        # momentum=0.9: the moving statistics settle within the few hundred
+        # steps a small from-scratch run gets (0.99 would not, and a scratch
+        # baseline would look worse than it is).
+        x = keras.layers.BatchNormalization(momentum=0.9)(x)
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.MaxPooling2D(name=f"block{block}_pool")(x)
+    return inputs, x
+
+
 def fashion_cnn(input_shape=(CANVAS_SIZE, CANVAS_SIZE, 1), num_classes=10,
                 name="fashion_cnn"):
     """A small CNN for grayscale images; `TRUNK_OUTPUT` ends the trunk.
@@ -36,16 +55,7 @@ def fashion_cnn(input_shape=(CANVAS_SIZE, CANVAS_SIZE, 1), num_classes=10,
     >>> net.get_layer(mtk.data.fashion_trunk.TRUNK_OUTPUT).output.shape
     (None, 2592)
     """
-    inputs = keras.Input(input_shape, name="pixels")
-    x = keras.layers.Rescaling(1.0 / 255)(inputs)
-    for block, filters in enumerate((16, 32), start=1):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        # momentum=0.9: the moving statistics settle within the few hundred
-        # steps a small from-scratch run gets.
-        x = keras.layers.BatchNormalization(momentum=0.9)(x)
-        x = keras.layers.ReLU()(x)
-        # Named block outputs: where mtk.sharing.MTAN / CrossStitch attach.
-        x = keras.layers.MaxPooling2D(name=f"block{block}_pool")(x)
+    inputs, x = _conv_blocks(input_shape, (16, 32))
     x = keras.layers.Flatten(name=TRUNK_OUTPUT)(x)
     x = keras.layers.Dense(128, activation="relu", name="features")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="classes")(x)
@@ -65,16 +75,7 @@ def quickstart_cnn(num_classes=5, name="source_cnn"):
     >>> mtk.data.quickstart_cnn().get_layer("features").output.shape
     (None, 64)
     """
-    inputs = keras.Input((28, 28, 1), name="pixels")
-    x = keras.layers.Rescaling(1.0 / 255)(inputs)
-    for block, filters in enumerate((32, 64), start=1):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        # momentum=0.9: the moving statistics settle within the few hundred
-        # steps a from-scratch baseline gets (0.99 would not, and the
-        # baseline would look worse than it is).
-        x = keras.layers.BatchNormalization(momentum=0.9)(x)
-        x = keras.layers.ReLU()(x)
-        x = keras.layers.MaxPooling2D(name=f"block{block}_pool")(x)
+    inputs, x = _conv_blocks((28, 28, 1), (32, 64))
     x = keras.layers.Conv2D(64, 3, padding="same", activation="relu",
                             name="block3_conv")(x)
     x = keras.layers.GlobalAveragePooling2D(name="features")(x)
