@@ -30,5 +30,6 @@ from mtk.training import unfreeze_trunk
 from mtk.tuning import MultiTaskHyperModel
 from mtk.tuning import MultiTaskScore
 from mtk.tuning import tune_loss_weights
+from mtk.tuning import tune_multitask
 
 __version__ = "0.1.0"

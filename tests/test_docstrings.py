@@ -43,6 +43,8 @@ MODULES = [
     "mtk.tuning.distributed",
     "mtk.tuning.hypermodel",
     "mtk.tuning.score",
+    "mtk.tuning.search",
+    "mtk.tuning.space",
     "mtk.tuning.tune",
     "mtk.tuning.tuners",
     "mtk.weighting",

@@ -578,3 +578,141 @@ def test_a_restarted_chief_runs_no_trial_twice(tmp_path, monkeypatch):
     assert oracle.create_trial("worker1").status == "STOPPED"
     assert oracle.create_trial("worker0").status == "STOPPED"
     assert [oracle.get_trial(t).score for t in "012"] == [0.5, 0.5, 0.5]
+
+
+# === Searching how to multi-task ===
+
+
+def make_model_how(loss_weighting="static", sharing="hard"):
+    """The tiny model of make_model, with the searched method and sharing."""
+    BUILDS.append((loss_weighting, sharing))
+    keras.utils.set_random_seed(len(BUILDS))
+    trunk = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu")],
+        name="mlp",
+    )
+    return mtk.build_multitask_model(
+        trunk,
+        heads=[
+            mtk.heads.Classification("item", num_classes=3),
+            mtk.heads.Binary("flag"),
+            mtk.heads.Regression("price"),
+        ],
+        trunk_weights=None,
+        freeze_trunk=False,
+        compile=False,
+        loss_weighting=loss_weighting,
+        sharing=sharing,
+    )
+
+
+def search_how(tmp_path, **kwargs):
+    options = dict(
+        validation_data=vector_data(32, seed=1),
+        max_trials=4,
+        epochs=1,
+        search={"loss_weighting": ["static", "famo"], "sharing": ["hard", "mmoe"]},
+        directory=str(tmp_path),
+        seed=3,
+        verbose=0,
+    )
+    options.update(kwargs)
+    return tuning.tune_multitask(make_model_how, vector_data(), **options)
+
+
+def test_search_over_methods_and_sharing(tmp_path):
+    tuner = search_how(tmp_path)
+    rows = tuner.trials_table(print_table=False)
+    assert len(rows) == 4
+    built = [(type(w).__name__ if not isinstance(w, str) else w, s)
+             for w, s in BUILDS]
+    for row in rows:
+        assert row["loss_weighting"] in ("static", "famo")
+        assert row["sharing"] in ("hard", "mmoe")
+        assert row["step_time_ms"] > 0
+        assert np.isfinite(row[tuning.OBJECTIVE])
+        # The trial's model was built with what its row says.
+        assert (row["loss_weighting"], row["sharing"]) in built
+        assert not any(key.startswith("weight_") for key in row)  # all 1
+    assert {(r["loss_weighting"], r["sharing"]) for r in rows} != {
+        (rows[0]["loss_weighting"], rows[0]["sharing"])
+    }  # the space is explored
+    (best,) = [row for row in rows if row["best"]]
+    assert best[tuning.OBJECTIVE] == max(r[tuning.OBJECTIVE] for r in rows)
+    assert tuner.best_config() == {
+        "loss_weighting": best["loss_weighting"],
+        "sharing": best["sharing"],
+    }
+    path = tuning.plot_search(tuner, str(tmp_path / "search.png"))
+    assert os.path.getsize(path) > 1000
+
+
+def test_configured_objects_and_tuned_static_weights(tmp_path):
+    tuner = search_how(
+        tmp_path,
+        max_trials=3,
+        search={
+            "loss_weighting": [mtk.weighting.FAMO(weight_decay=0.01)],
+            "sharing": [mtk.sharing.MMoE(num_experts=2, expert_units=[4])],
+            "loss_weights": (0.5, 2.0),
+        },
+    )
+    hypermodel = tuner.hypermodel
+    assert list(hypermodel.choices["loss_weighting"]) == [
+        "static", "famo(weight_decay=0.01)", "static:tuned"
+    ]
+    label = "mmoe(num_experts=2,expert_units=[4])"
+    assert list(hypermodel.choices["sharing"]) == ["hard", label]
+    # Each trial gets its own copy of a configured object.
+    copies = [hypermodel.choice("sharing", label) for _ in range(2)]
+    assert copies[0] is not copies[1] and copies[0].num_experts == 2
+    for row in tuner.trials_table(print_table=False):
+        weights = {k: v for k, v in row.items() if k.startswith("weight_")}
+        if row["loss_weighting"] == "static:tuned":
+            assert len(weights) == 3 and all(0.5 <= w <= 2.0 for w in weights.values())
+        else:
+            assert weights == {}
+
+
+def test_cost_weight_ranks_by_the_cost_aware_score(tmp_path):
+    tuner = search_how(tmp_path, max_trials=2, cost_weight=0.5)
+    assert tuner.oracle.objective.name == tuning.COST_OBJECTIVE
+    for row in tuner.trials_table(print_table=False):
+        assert row[tuning.COST_OBJECTIVE] == pytest.approx(
+            row[tuning.OBJECTIVE] - 0.5 * row["step_time_ms"], abs=1e-4
+        )
+
+
+def test_pareto_front():
+    points = [(0.5, 1.0), (0.7, 2.0), (0.6, 3.0), (0.4, 0.5), (0.7, 2.5)]
+    assert tuning.pareto_front(points) == [3, 0, 1]
+    assert tuning.pareto_front(points, maximize=False) == [3]
+
+
+@pytest.mark.parametrize(
+    "search, match",
+    [
+        ({}, "empty"),
+        ({"loss_weights": False}, "empty"),
+        ({"sharing": []}, r"search\['sharing'\] is empty"),
+        ({"balancing": ["famo"]}, "Unknown search key 'balancing'.*loss_weighting"),
+        ({"loss_weighting": ["famoo"]}, "unknown method 'famoo'.*'uncertainty'"),
+        ({"sharing": ["moe"]}, "'moe'.*Known names.*'mmoe'"),
+        ({"sharing": ["mtan"]}, "MTAN\\(at="),
+        ({"loss_weighting": [3]}, "neither a method name"),
+    ],
+)
+def test_bad_search_spaces_fail_before_any_trial(tmp_path, search, match):
+    with pytest.raises(ValueError, match=match):
+        search_how(tmp_path, search=search)
+    assert BUILDS == [] and trial_dirs(tmp_path, "multitask") == []
+
+
+def test_make_model_must_take_the_searched_keywords(tmp_path):
+    with pytest.raises(TypeError, match=r"sharing=\.\.\."):
+        tuning.tune_multitask(
+            make_model, vector_data(), vector_data(32, seed=1),
+            search={"sharing": ["mmoe"]}, directory=str(tmp_path),
+        )
+    with pytest.raises(ValueError, match="cost_weight"):
+        search_how(tmp_path, cost_weight=1.0, objective="val_price_mae")

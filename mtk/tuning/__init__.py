@@ -13,6 +13,10 @@ Laid out like KerasTuner's own engine (hypermodel / tuner / oracle):
   Hyperband with `best_loss_weights`, `best_model` and `trials_table` added
   (`TUNERS`), and `make_objective`.
 - `mtk.tuning.tune`: `tune_loss_weights`, the one call that runs a search.
+- `mtk.tuning.search`: `tune_multitask`, a search over how to multi-task
+  (balancing method, sharing architecture, weights, schedule; choices and
+  step-time cost in `mtk.tuning.space`), and `plot_search`, score against
+  step time with the Pareto front.
 - `mtk.tuning.distributed`: KerasTuner's distributed mode (one chief, many
   workers, set by ``KERASTUNER_*`` environment variables): `tuner_role`,
   and a worker's bounded wait for its chief.
@@ -28,6 +32,13 @@ from mtk.tuning.score import SCORE_NAME
 from mtk.tuning.score import HeadReference
 from mtk.tuning.score import MultiTaskScore
 from mtk.tuning.score import score_references
+from mtk.tuning.search import SEARCH_KEYS
+from mtk.tuning.search import check_search
+from mtk.tuning.search import pareto_front
+from mtk.tuning.search import plot_search
+from mtk.tuning.search import tune_multitask
+from mtk.tuning.space import COST_OBJECTIVE
+from mtk.tuning.space import STEP_TIME
 from mtk.tuning.tune import tune_loss_weights
 from mtk.tuning.tuners import TUNERS
 from mtk.tuning.tuners import LossWeightBayesianOptimization
@@ -38,6 +49,7 @@ from mtk.tuning.tuners import make_objective
 
 __all__ = [
     "CHIEF_TIMEOUT",
+    "COST_OBJECTIVE",
     "DEFAULT_WEIGHT_RANGE",
     "HeadReference",
     "LossWeightBayesianOptimization",
@@ -48,10 +60,16 @@ __all__ = [
     "MultiTaskScore",
     "OBJECTIVE",
     "SCORE_NAME",
+    "SEARCH_KEYS",
+    "STEP_TIME",
     "TUNERS",
     "WEIGHT_PREFIX",
+    "check_search",
     "make_objective",
+    "pareto_front",
+    "plot_search",
     "score_references",
     "tune_loss_weights",
+    "tune_multitask",
     "tuner_role",
 ]

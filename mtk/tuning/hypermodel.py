@@ -1,5 +1,6 @@
 """`MultiTaskHyperModel`: the search space of per-head loss weights."""
 
+import contextlib
 import inspect
 import numbers
 import warnings
@@ -20,6 +21,13 @@ from mtk.tuning.score import OBJECTIVE
 from mtk.tuning.score import MultiTaskScore
 from mtk.tuning.score import check_baselines
 from mtk.tuning.score import score_references
+from mtk.tuning.space import COST_OBJECTIVE
+from mtk.tuning.space import STEP_TIME
+from mtk.tuning.space import TUNED_STATIC
+from mtk.tuning.space import TrialCost
+from mtk.tuning.space import fresh
+from mtk.tuning.space import method_choices
+from mtk.tuning.space import sharing_choices
 
 DEFAULT_WEIGHT_RANGE = (0.05, 20.0)
 WEIGHT_PREFIX = "loss_weight_"
@@ -106,6 +114,23 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
             list of such choices to tune.
         baselines: optional ``{head: single-task metric value}``: the score
             is then Δm against them, otherwise skill over chance.
+        loss_weighting: balancing methods to choose from (names from
+            `mtk.weighting.METHODS` or configured objects), searched as the
+            ``hp.Choice("loss_weighting", ...)`` of their labels and passed
+            to ``make_model(loss_weighting=...)``; the equal-weights
+            ``"static"`` is always one. None: ``make_model`` decides, and
+            loss weights are tuned as above.
+        sharing: sharing architectures to choose from (names from
+            `mtk.sharing.METHODS` or objects such as
+            ``mtk.sharing.PLE(num_levels=2)``), passed to
+            ``make_model(sharing=...)``; ``"hard"`` is always one.
+        tune_weights: draw loss weights (True, as described above), or
+            keep them all 1 (False). With ``loss_weighting`` given, weights
+            are drawn under one more choice, ``"static:tuned"`` (static
+            weighting), next to ``"static"`` (all weights 1).
+        cost_weight: > 0 also logs ``val_cost_aware_score`` =
+            ``val_multitask_score`` − ``cost_weight`` × median step time in
+            ms; every trial logs ``step_time_ms`` (`mtk.tuning.space.TrialCost`).
 
     Example:
 
@@ -135,6 +160,10 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
         finetune_learning_rate=1e-5,
         unfreeze="all",
         baselines=None,
+        loss_weighting=None,
+        sharing=None,
+        tune_weights=True,
+        cost_weight=0.0,
         name=None,
     ):
         super().__init__(name=name)
@@ -144,7 +173,6 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
                 f"{make_model!r}."
             )
         self.make_model = make_model
-        self._takes_hp = _takes_argument(make_model)
         if isinstance(weight_range, dict):
             self.weight_range = {
                 head: _check_range(f"weight_range[{head!r}]", value)
@@ -188,13 +216,56 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
                 f"{type(baselines).__name__}."
             )
         self.baselines = baselines
+        # {"loss_weighting": {label: choice}, "sharing": {...}}: what
+        # make_model is called with, one hp.Choice each.
+        self.choices = {}
+        if loss_weighting is not None:
+            self.choices["loss_weighting"] = method_choices(loss_weighting)
+            if tune_weights:
+                self.choices["loss_weighting"][TUNED_STATIC] = TUNED_STATIC
+        if sharing is not None:
+            self.choices["sharing"] = sharing_choices(sharing)
+        _check_keywords(make_model, self.choices)
+        self._takes_hp = _takes_argument(make_model, exclude=self.choices)
+        self.tune_weights = bool(tune_weights)
+        if (
+            not isinstance(cost_weight, numbers.Real)
+            or isinstance(cost_weight, bool)
+            or cost_weight < 0
+        ):
+            raise ValueError(
+                f"cost_weight must be a number >= 0, got {cost_weight!r}."
+            )
+        self.cost_weight = float(cost_weight)
         self._references = None
         self._references_for = None
         # Filled in by build(): every log name a trial will have.
         self.logged_names = None
 
+    def choice(self, key, label):
+        """A fresh copy of the choice labelled ``label`` for ``key``.
+
+        ``key`` is ``"loss_weighting"`` or ``"sharing"``; what
+        ``make_model`` gets in the trial where ``hp[key] == label``.
+        """
+        if label not in self.choices.get(key, {}):
+            raise ValueError(
+                f"No {key} choice is labelled {label!r}; the labels are "
+                f"{list(self.choices.get(key, {}))}."
+            )
+        return fresh(self.choices[key][label])
+
+    def _make(self, hp):
+        kwargs = {
+            key: self.choice(key, hp.Choice(key, list(labelled)))
+            for key, labelled in self.choices.items()
+        }
+        if self._takes_hp:
+            return self.make_model(hp, **kwargs)
+        return self.make_model(**kwargs)
+
     def build(self, hp):
-        model = self.make_model(hp) if self._takes_hp else self.make_model()
+        model = self._make(hp)
         try:
             heads = heads_of(model)
         except ValueError as error:
@@ -219,13 +290,22 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
                     raise FatalValueError(str(error)) from None
 
         weights = {}
-        for name in heads:
-            if name == self.pinned_head:
-                weights[name] = hp.Fixed(WEIGHT_PREFIX + name, 1.0)
-            else:
-                weights[name] = _float_hp(
-                    hp, WEIGHT_PREFIX + name, self._range_of(name)
-                )
+        if "loss_weighting" in self.choices and self.tune_weights:
+            # Weights are drawn for static weighting only (the others set
+            # their own): inactive, and None, in the other trials.
+            scope = hp.conditional_scope("loss_weighting", [TUNED_STATIC])
+        else:
+            scope = contextlib.nullcontext()
+        with scope:
+            for name in heads if self.tune_weights else ():
+                if name == self.pinned_head:
+                    weight = hp.Fixed(WEIGHT_PREFIX + name, 1.0)
+                else:
+                    weight = _float_hp(
+                        hp, WEIGHT_PREFIX + name, self._range_of(name)
+                    )
+                if weight is not None:
+                    weights[name] = weight
         learning_rate = _float_hp(hp, "learning_rate", self.learning_rate)
         if self.finetune_epochs:
             _float_hp(hp, "finetune_learning_rate", self.finetune_learning_rate)
@@ -234,13 +314,16 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
         compile_multitask(
             model,
             optimizer=get_optimizer(self.optimizer, learning_rate),
-            loss_weights=weights,
+            loss_weights=weights or None,
         )
         # What a trial will log (checked against the objective before the
         # search: a name never logged would only fail after an epoch).
         names = model.log_names()
         self.logged_names = sorted(
-            set(names) | {"val_" + n for n in names} | {OBJECTIVE}
+            set(names)
+            | {"val_" + n for n in names}
+            | {OBJECTIVE, STEP_TIME}
+            | ({COST_OBJECTIVE} if self.cost_weight else set())
         )
         return model
 
@@ -251,7 +334,10 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
                 "MultiTaskHyperModel.fit needs validation_data=: the "
                 f"{OBJECTIVE} is computed on it."
             )
-        callbacks = [self._score_callback(model, validation_data)]
+        callbacks = [
+            self._score_callback(model, validation_data),
+            TrialCost(self.cost_weight),
+        ]
         callbacks += list(kwargs.pop("callbacks", None) or [])
         # Recompiling after (un)freezing must happen in the model's strategy
         # scope; KerasTuner only enters it around build().
@@ -280,8 +366,7 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
         """``{head: log name of its primary validation metric}``."""
         if self._references is not None:
             return {r.head: VAL_PREFIX + r.log_name for r in self._references}
-        hp = keras_tuner.HyperParameters()
-        model = self.make_model(hp) if self._takes_hp else self.make_model()
+        model = self._make(keras_tuner.HyperParameters())
         heads = heads_of(model)
         return {
             name: log_key(name, head.primary_metric, heads, validation=True)
@@ -319,7 +404,32 @@ def _value(hp, name, spec):
     return hp.get(name) if name in hp else spec
 
 
-def _takes_argument(function):
+def _check_keywords(make_model, choices):
+    """make_model must accept a keyword for each searched choice."""
+    try:
+        parameters = inspect.signature(make_model).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        return
+    missing = [
+        key
+        for key in choices
+        if key not in parameters
+        or parameters[key].kind not in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+        )
+    ]
+    if missing:
+        raise TypeError(
+            f"The search chooses {missing}, so make_model is called with "
+            f"{', '.join(k + '=...' for k in missing)}, which it does not "
+            "take; pass them on to mtk.build_multitask_model(..., "
+            "loss_weighting=loss_weighting, sharing=sharing)."
+        )
+
+
+def _takes_argument(function, exclude=()):
     try:
         parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):
@@ -328,6 +438,7 @@ def _takes_argument(function):
         p
         for p in parameters
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        and p.name not in exclude
     ]
     return bool(positional)
 

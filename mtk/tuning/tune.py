@@ -133,7 +133,45 @@ def tune_loss_weights(
     >>> len(tuner.trials_table(print_table=False))
     2
     """
-    role = tuner_role()
+    check_search_arguments(
+        tuner, validation_data, max_trials, epochs, executions_per_trial,
+        chief_timeout, finetune_epochs, fit_kwargs,
+    )
+    hypermodel = MultiTaskHyperModel(
+        make_model,
+        weight_range=weight_range,
+        pinned_head=pinned_head,
+        learning_rate=learning_rate,
+        optimizer=optimizer,
+        finetune_epochs=finetune_epochs,
+        finetune_learning_rate=finetune_learning_rate,
+        unfreeze=unfreeze,
+        baselines=baselines,
+    )
+    return run_search(
+        hypermodel,
+        train_data,
+        validation_data,
+        tuner=tuner,
+        max_trials=max_trials,
+        epochs=epochs,
+        objective=objective,
+        directory=directory,
+        project_name=project_name,
+        overwrite=overwrite,
+        distribution_strategy=distribution_strategy,
+        executions_per_trial=executions_per_trial,
+        seed=seed,
+        chief_timeout=chief_timeout,
+        **fit_kwargs,
+    )
+
+
+def check_search_arguments(
+    tuner, validation_data, max_trials, epochs, executions_per_trial,
+    chief_timeout, finetune_epochs, fit_kwargs,
+):
+    """Checks the arguments of a search before anything is built."""
     if tuner not in TUNERS:
         raise ValueError(
             f"tuner must be one of {sorted(TUNERS)}, got {tuner!r}."
@@ -160,7 +198,7 @@ def tune_loss_weights(
     for key in ("epochs", "initial_epoch", "validation_split", "x", "y"):
         if key in fit_kwargs:
             raise ValueError(
-                f"tune_loss_weights sets {key} itself; remove it from the "
+                f"The search sets {key} itself; remove it from the "
                 "fit arguments."
             )
     if tuner == "hyperband" and finetune_epochs:
@@ -169,17 +207,33 @@ def tune_loss_weights(
             "two-phase schedule (finetune_epochs > 0) cannot follow; use "
             "tuner='random' or 'bayesian'."
         )
-    hypermodel = MultiTaskHyperModel(
-        make_model,
-        weight_range=weight_range,
-        pinned_head=pinned_head,
-        learning_rate=learning_rate,
-        optimizer=optimizer,
-        finetune_epochs=finetune_epochs,
-        finetune_learning_rate=finetune_learning_rate,
-        unfreeze=unfreeze,
-        baselines=baselines,
-    )
+
+
+def run_search(
+    hypermodel,
+    train_data,
+    validation_data,
+    *,
+    tuner,
+    max_trials,
+    epochs,
+    objective,
+    directory,
+    project_name,
+    overwrite,
+    distribution_strategy,
+    executions_per_trial,
+    seed,
+    chief_timeout,
+    **fit_kwargs,
+):
+    """Runs a `MultiTaskHyperModel` search with a `TUNERS` tuner.
+
+    What `tune_loss_weights` and `mtk.tuning.tune_multitask` share: the
+    tuner, the check that the objective is logged, KerasTuner's distributed
+    roles, and the printed table. Returns the tuner (None on a worker).
+    """
+    role = tuner_role()
     budget = {"max_epochs": epochs} if tuner == "hyperband" else {
         "max_trials": max_trials
     }

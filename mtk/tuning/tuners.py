@@ -23,7 +23,14 @@ from mtk.tuning.distributed import WORKER
 from mtk.tuning.distributed import chief_address
 from mtk.tuning.distributed import tuner_role
 from mtk.tuning.hypermodel import loss_weights_of
+from mtk.tuning.hypermodel import WEIGHT_PREFIX
 from mtk.tuning.score import OBJECTIVE
+from mtk.tuning.space import COST_OBJECTIVE
+from mtk.tuning.space import STEP_TIME
+
+
+# Hyperparameters shown as table columns, labels of discrete choices.
+CHOICE_COLUMNS = ("loss_weighting", "sharing", "unfreeze")
 
 
 class LossWeightTunerMixin:
@@ -32,7 +39,7 @@ class LossWeightTunerMixin:
     - The search stops at the end of the first epoch, listing the logged
       metric names, when the objective is not among them (KerasTuner alone
       would mark every trial invalid and fail after the whole search).
-    - `best_loss_weights`, `best_model` and `trials_table`.
+    - `best_loss_weights`, `best_config`, `best_model` and `trials_table`.
     - `ran_trials`: the ids of the trials this process ran, which on a
       worker of a distributed search is all it knows of the search: the
       results are the chief's (there the three methods above work; on a
@@ -108,6 +115,28 @@ class LossWeightTunerMixin:
         self._check_not_worker("best_loss_weights")
         return loss_weights_of(self._best_trial().hyperparameters)
 
+    def best_config(self):
+        """The best trial's choices: how to multi-task, and with what.
+
+        Returns:
+            A dict: ``loss_weighting`` and ``sharing`` (the labels of the
+            chosen method and architecture, when searched; a name is its own
+            label, and ``tuner.hypermodel.choice(key, label)`` gives the
+            object), ``loss_weights`` (``{head: weight}``, when drawn in that
+            trial) and every other hyperparameter of the trial by name
+            (``learning_rate``, ``unfreeze``, ...).
+        """
+        self._check_not_worker("best_config")
+        values = self._best_trial().hyperparameters.values
+        config = {
+            key: value for key, value in values.items()
+            if not key.startswith(WEIGHT_PREFIX)
+        }
+        weights = loss_weights_of(self._best_trial().hyperparameters)
+        if weights:
+            config["loss_weights"] = weights
+        return config
+
     def best_model(self):
         """The best trial's model, with the weights of its best epoch."""
         self._check_not_worker("best_model")
@@ -121,10 +150,14 @@ class LossWeightTunerMixin:
             print_table: also print the table.
 
         Returns:
-            A list of dicts, in trial order, with keys ``trial``,
-            ``weight_<head>`` for each head, each head's primary validation
-            metric (e.g. ``val_item_accuracy``), the objective's name and
-            ``best`` (True for the best trial). ``pandas.DataFrame(rows)``
+            A list of dicts, in trial order, with keys ``trial``, the
+            labels of the searched choices (``loss_weighting``, ``sharing``,
+            ``unfreeze``, when searched), ``weight_<head>`` for each head
+            (when drawn in that trial), each head's primary validation
+            metric (e.g. ``val_item_accuracy``), ``step_time_ms`` (median
+            training step time, `mtk.tuning.space.TrialCost`),
+            ``val_multitask_score`` and the objective when it is another,
+            and ``best`` (True for the best trial). ``pandas.DataFrame(rows)``
             turns it into a data frame.
         """
         self._check_not_worker("trials_table")
@@ -141,6 +174,10 @@ class LossWeightTunerMixin:
         rows = []
         for trial in trials:
             row = {"trial": trial.trial_id}
+            values = trial.hyperparameters.values
+            for key in CHOICE_COLUMNS:
+                if key in values:
+                    row[key] = values[key]
             for head, weight in loss_weights_of(trial.hyperparameters).items():
                 row[f"weight_{head}"] = weight
             for name in head_metrics.values():
@@ -149,6 +186,9 @@ class LossWeightTunerMixin:
                     if trial.metrics.exists(name)
                     else None
                 )
+            for name in (STEP_TIME, OBJECTIVE):
+                if name != objective.name and trial.metrics.exists(name):
+                    row[name] = float(trial.metrics.get_last_value(name))
             row[objective.name] = trial.score
             row["best"] = trial.trial_id == best_id
             rows.append(row)
@@ -241,7 +281,7 @@ def make_objective(objective):
             f"objective must be a metric name or a keras_tuner.Objective, got "
             f"{objective!r}."
         )
-    if objective == OBJECTIVE:
+    if objective in (OBJECTIVE, COST_OBJECTIVE):
         return keras_tuner.Objective(objective, "max")
     parts = objective.removeprefix(VAL_PREFIX).split("_")
     # Try "item_accuracy", then "accuracy": head names may hold underscores.
