@@ -672,6 +672,17 @@ def test_configured_objects_and_tuned_static_weights(tmp_path):
             assert len(weights) == 3 and all(0.5 <= w <= 2.0 for w in weights.values())
         else:
             assert weights == {}
+    # Weights are drawn under "static:tuned" only, with static weighting.
+    for label, drawn in (("static:tuned", 3), ("famo(weight_decay=0.01)", 0)):
+        hp = keras_tuner.HyperParameters()
+        hp.Choice("loss_weighting", list(hypermodel.choices["loss_weighting"]))
+        hp.values["loss_weighting"] = label
+        model = hypermodel.build(hp)
+        weights = tuning.hypermodel.loss_weights_of(hp)
+        assert len(weights) == drawn
+        assert all(0.5 <= w <= 2.0 for w in weights.values())
+        expected = "StaticWeighting" if drawn else "FAMO"
+        assert type(model.loss_weighting).__name__ == expected
 
 
 def test_cost_weight_ranks_by_the_cost_aware_score(tmp_path):
@@ -716,3 +727,18 @@ def test_make_model_must_take_the_searched_keywords(tmp_path):
         )
     with pytest.raises(ValueError, match="cost_weight"):
         search_how(tmp_path, cost_weight=1.0, objective="val_price_mae")
+
+
+def test_fine_tuning_schedule_is_searched(tmp_path):
+    tuner = search_how(
+        tmp_path,
+        max_trials=1,
+        finetune_epochs=1,
+        search={"unfreeze": ["all", 1], "finetune_learning_rate": (1e-5, 1e-3)},
+        callbacks=[count_epochs()],
+    )
+    config = tuner.best_config()
+    assert config["unfreeze"] in ("all", "top:1")
+    assert 1e-5 <= config["finetune_learning_rate"] <= 1e-3
+    assert EPOCHS == [0, 1]  # frozen epoch, then fine-tuning epoch
+    assert BUILDS[-1] == ("static", "hard")  # make_model's own defaults

@@ -226,7 +226,11 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
         if sharing is not None:
             self.choices["sharing"] = sharing_choices(sharing)
         _check_keywords(make_model, self.choices)
-        self._takes_hp = _takes_argument(make_model, exclude=self.choices)
+        # make_model(loss_weighting="static", sharing="hard") does not take
+        # hp, whether or not the search chooses those two.
+        self._takes_hp = _takes_argument(
+            make_model, exclude=("loss_weighting", "sharing")
+        )
         self.tune_weights = bool(tune_weights)
         if (
             not isinstance(cost_weight, numbers.Real)
