@@ -742,3 +742,78 @@ def test_fine_tuning_schedule_is_searched(tmp_path):
     assert 1e-5 <= config["finetune_learning_rate"] <= 1e-3
     assert EPOCHS == [0, 1]  # frozen epoch, then fine-tuning epoch
     assert BUILDS[-1] == ("static", "hard")  # make_model's own defaults
+
+
+def test_tunable_parameters_and_epochs_per_phase_are_searched(tmp_path):
+    temperature = tuning.Tunable("dwa", temperature=(1.0, 4.0))
+    experts = tuning.Tunable(
+        mtk.sharing.MMoE(expert_units=[4]), num_experts=[2, 3]
+    )
+    tuner = search_how(
+        tmp_path,
+        max_trials=4,
+        search={"loss_weighting": [temperature], "sharing": [experts],
+                "epochs": [1, 2], "finetune_epochs": [0, 1]},
+        callbacks=[count_epochs()],
+    )
+    rows = tuner.trials_table(print_table=False)
+    trials = sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id)
+    assert len(rows) == len(trials) == 4
+    epochs_run = 0
+    # Before the trials KerasTuner builds to learn the space (a build per
+    # conditional branch); the trials' own builds come last.
+    for row, trial, (method, sharing) in zip(rows, trials, BUILDS[-4:]):
+        values = trial.hyperparameters.values
+        # The model was built with the drawn values, and the row shows them.
+        if values["loss_weighting"] == "dwa[temperature]":
+            drawn = values["dwa[temperature]/temperature"]
+            assert 1.0 <= drawn <= 4.0 and method.temperature == drawn
+            assert row["loss_weighting"] == f"dwa(temperature={drawn:.3g})"
+        else:
+            assert method == "static" and row["loss_weighting"] == "static"
+        label = "mmoe(expert_units=[4])[num_experts]"
+        if values["sharing"] == label:
+            assert sharing.num_experts == values[label + "/num_experts"]
+            assert list(sharing.expert_units) == [4]  # the object's other values
+            assert row["sharing"] == (
+                f"mmoe(expert_units=[4],num_experts={sharing.num_experts})"
+            )
+        else:
+            assert sharing == "hard"
+        assert row["epochs"] == values["epochs"] in (1, 2)
+        assert row["finetune_epochs"] == values["finetune_epochs"] in (0, 1)
+        epochs_run += values["epochs"] + values["finetune_epochs"]
+    assert len(EPOCHS) == epochs_run  # each trial trained what it drew
+    assert {r["loss_weighting"] == "static" for r in rows} == {True, False}
+    assert {r["sharing"] == "hard" for r in rows} == {True, False}
+    assert len({(r["epochs"], r["finetune_epochs"]) for r in rows}) > 1
+    # A Tunable's parameters exist only in the trials that pick it.
+    assert all(
+        ("dwa[temperature]/temperature" in t.hyperparameters.values)
+        == (t.hyperparameters.values["loss_weighting"] == "dwa[temperature]")
+        for t in trials
+    )
+    best = tuner.get_best_hyperparameters()[0]
+    if best["loss_weighting"] != "static":
+        assert tuner.hypermodel.choice(
+            "loss_weighting", best["loss_weighting"], best
+        ).temperature == best["dwa[temperature]/temperature"]
+
+
+def test_tunable_and_epoch_search_reject_bad_input(tmp_path):
+    with pytest.raises(ValueError, match=r"no parameter 'experts'.*'num_experts'"):
+        search_how(tmp_path, search={"sharing": [tuning.Tunable("mmoe", experts=[2])]})
+    with pytest.raises(ValueError, match="names no parameter"):
+        tuning.Tunable("dwa")
+    with pytest.raises(ValueError, match=r"temperature=\(4\.0, 1\.0\)"):
+        tuning.Tunable("dwa", temperature=(4.0, 1.0))
+    with pytest.raises(ValueError, match="unknown method 'dwaa'"):
+        search_how(tmp_path, search={"loss_weighting": [
+            tuning.Tunable("dwaa", temperature=[1.0])]})
+    with pytest.raises(ValueError, match=r"epochs must be an integer >= 1"):
+        search_how(tmp_path, search={"epochs": [0, 2]})
+    with pytest.raises(ValueError, match="give one"):
+        search_how(tmp_path, search={"finetune_epochs": [0, 1]}, finetune_epochs=2)
+    with pytest.raises(ValueError, match="hyperband"):
+        search_how(tmp_path, search={"epochs": [1, 2]}, tuner="hyperband")
+    assert not BUILDS  # nothing was built

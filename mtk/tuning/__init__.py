@@ -39,6 +39,7 @@ from mtk.tuning.search import plot_search
 from mtk.tuning.search import tune_multitask
 from mtk.tuning.space import COST_OBJECTIVE
 from mtk.tuning.space import STEP_TIME
+from mtk.tuning.space import Tunable
 from mtk.tuning.tune import tune_loss_weights
 from mtk.tuning.tuners import TUNERS
 from mtk.tuning.tuners import LossWeightBayesianOptimization
@@ -63,6 +64,7 @@ __all__ = [
     "SEARCH_KEYS",
     "STEP_TIME",
     "TUNERS",
+    "Tunable",
     "WEIGHT_PREFIX",
     "check_search",
     "make_objective",

@@ -25,7 +25,7 @@ from mtk.tuning.space import COST_OBJECTIVE
 from mtk.tuning.space import STEP_TIME
 from mtk.tuning.space import TUNED_STATIC
 from mtk.tuning.space import TrialCost
-from mtk.tuning.space import fresh
+from mtk.tuning.space import instantiate
 from mtk.tuning.space import method_choices
 from mtk.tuning.space import sharing_choices
 
@@ -107,7 +107,11 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
             whose class and config are copied for each trial
             (`mtk.training.get_optimizer`).
         finetune_epochs: epochs of fine-tuning with the trunk unfrozen after
-            the frozen ``epochs``; 0 trains in one phase.
+            the frozen ``epochs``; 0 trains in one phase. A list of such
+            counts is searched (``hp.Choice("finetune_epochs", ...)``).
+        epochs: None (the tuner's ``epochs``), or a list of epoch counts to
+            search for (the frozen phase of) training,
+            ``hp.Choice("epochs", ...)``.
         finetune_learning_rate: the fine-tuning learning rate: a number or a
             ``(min, max)`` range.
         unfreeze: what fine-tuning unfreezes (see `mtk.unfreeze_trunk`), or a
@@ -157,6 +161,7 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
         learning_rate=1e-3,
         optimizer="adam",
         finetune_epochs=0,
+        epochs=None,
         finetune_learning_rate=1e-5,
         unfreeze="all",
         baselines=None,
@@ -193,12 +198,14 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
         self.learning_rate = _fixed_or_range("learning_rate", learning_rate)
         get_optimizer(optimizer)  # Fails now on a bad name or type.
         self.optimizer = optimizer
-        if not isinstance(finetune_epochs, int) or finetune_epochs < 0:
-            raise ValueError(
-                f"finetune_epochs must be an integer >= 0, got "
-                f"{finetune_epochs!r}."
-            )
-        self.finetune_epochs = finetune_epochs
+        self.finetune_epoch_choices = _epoch_choices(
+            "finetune_epochs", finetune_epochs, minimum=0
+        )
+        # The most any trial fine-tunes: 0 means no trial does.
+        self.finetune_epochs = max(self.finetune_epoch_choices)
+        self.epoch_choices = (
+            None if epochs is None else _epoch_choices("epochs", epochs, minimum=1)
+        )
         self.finetune_learning_rate = _fixed_or_range(
             "finetune_learning_rate", finetune_learning_rate
         )
@@ -246,22 +253,29 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
         # Filled in by build(): every log name a trial will have.
         self.logged_names = None
 
-    def choice(self, key, label):
+    def choice(self, key, label, hp=None):
         """A fresh copy of the choice labelled ``label`` for ``key``.
 
         ``key`` is ``"loss_weighting"`` or ``"sharing"``; what
-        ``make_model`` gets in the trial where ``hp[key] == label``.
+        ``make_model`` gets in the trial where ``hp[key] == label``. A
+        `mtk.tuning.Tunable` takes its parameters from ``hp`` (e.g.
+        ``tuner.get_best_hyperparameters()[0]``), or their first values.
         """
         if label not in self.choices.get(key, {}):
             raise ValueError(
                 f"No {key} choice is labelled {label!r}; the labels are "
                 f"{list(self.choices.get(key, {}))}."
             )
-        return fresh(self.choices[key][label])
+        if hp is None:
+            hp = keras_tuner.HyperParameters()
+        else:
+            hp = hp.copy()
+        hp.values[key] = label
+        return instantiate(hp, key, self.choices[key])
 
     def _make(self, hp):
         kwargs = {
-            key: self.choice(key, hp.Choice(key, list(labelled)))
+            key: instantiate(hp, key, labelled)
             for key, labelled in self.choices.items()
         }
         if self._takes_hp:
@@ -311,6 +325,10 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
                 if weight is not None:
                     weights[name] = weight
         learning_rate = _float_hp(hp, "learning_rate", self.learning_rate)
+        if self.epoch_choices is not None:
+            hp.Choice("epochs", self.epoch_choices)
+        if len(self.finetune_epoch_choices) > 1:
+            hp.Choice("finetune_epochs", self.finetune_epoch_choices)
         if self.finetune_epochs:
             _float_hp(hp, "finetune_learning_rate", self.finetune_learning_rate)
             if len(self.unfreeze) > 1:
@@ -343,10 +361,13 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
             TrialCost(self.cost_weight),
         ]
         callbacks += list(kwargs.pop("callbacks", None) or [])
+        if "epochs" in hp:
+            kwargs["epochs"] = hp.get("epochs")
+        finetune_epochs = _value(hp, "finetune_epochs", self.finetune_epochs)
         # Recompiling after (un)freezing must happen in the model's strategy
         # scope; KerasTuner only enters it around build().
         with model.distribute_strategy.scope():
-            if not self.finetune_epochs:
+            if not finetune_epochs:
                 return model.fit(*args, callbacks=callbacks, **kwargs)
             if "initial_epoch" in kwargs:
                 raise FatalValueError(
@@ -357,7 +378,7 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
                 model,
                 *args,
                 frozen_epochs=kwargs.pop("epochs", 1),
-                finetune_epochs=self.finetune_epochs,
+                finetune_epochs=finetune_epochs,
                 unfreeze=_value(hp, "unfreeze", self.unfreeze[0]),
                 finetune_learning_rate=_value(
                     hp, "finetune_learning_rate", self.finetune_learning_rate
@@ -402,6 +423,20 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
             )
             self._references_for = validation_data
         return MultiTaskScore(self._references)
+
+
+def _epoch_choices(argument, value, minimum):
+    """A list of epoch counts (one number: a list of one), checked."""
+    choices = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not choices or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+        for v in choices
+    ):
+        raise ValueError(
+            f"{argument} must be an integer >= {minimum} or a non-empty list "
+            f"of them, got {value!r}."
+        )
+    return sorted(set(choices))
 
 
 def _value(hp, name, spec):

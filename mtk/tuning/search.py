@@ -26,6 +26,8 @@ SEARCH_KEYS = {
     "learning_rate": "a number, or a (min, max) range",
     "finetune_learning_rate": "a number, or a (min, max) range",
     "unfreeze": "what fine-tuning unfreezes, or a list of choices",
+    "epochs": "a list of epoch counts (of the frozen phase, with fine-tuning)",
+    "finetune_epochs": "a list of fine-tuning epoch counts (0: no fine-tuning)",
 }
 
 
@@ -44,7 +46,7 @@ def check_search(search):
     >>> mtk.tuning.check_search({"balancing": ["famo"]})
     Traceback (most recent call last):
     ...
-    ValueError: Unknown search key 'balancing'; the keys are ['loss_weighting', 'sharing', 'loss_weights', 'learning_rate', 'finetune_learning_rate', 'unfreeze'].
+    ValueError: Unknown search key 'balancing'; the keys are ['loss_weighting', 'sharing', 'loss_weights', 'learning_rate', 'finetune_learning_rate', 'unfreeze', 'epochs', 'finetune_epochs'].
     """
     if not isinstance(search, dict):
         raise TypeError(
@@ -56,14 +58,15 @@ def check_search(search):
             raise ValueError(
                 f"Unknown search key {key!r}; the keys are {list(SEARCH_KEYS)}."
             )
-    for key in ("loss_weighting", "sharing", "unfreeze"):
+    for key in ("loss_weighting", "sharing", "unfreeze", "epochs", "finetune_epochs"):
         if isinstance(search.get(key), (list, tuple)) and not search[key]:
             raise ValueError(f"search[{key!r}] is empty; give one choice or more.")
     loss_weights = search.get("loss_weights", False)
     kwargs = {
         key: search[key]
         for key in ("loss_weighting", "sharing", "learning_rate",
-                    "finetune_learning_rate", "unfreeze")
+                    "finetune_learning_rate", "unfreeze", "epochs",
+                    "finetune_epochs")
         if key in search
     }
     if isinstance(loss_weights, bool):
@@ -79,8 +82,10 @@ def check_search(search):
             isinstance(search.get(key), (list, tuple))
             for key in ("learning_rate", "finetune_learning_rate")
         )
-        or (isinstance(search.get("unfreeze"), (list, tuple))
-            and len(search["unfreeze"]) > 1)
+        or any(
+            isinstance(search.get(key), (list, tuple)) and len(search[key]) > 1
+            for key in ("unfreeze", "epochs", "finetune_epochs")
+        )
     )
     if not searched:
         raise ValueError(
@@ -143,7 +148,10 @@ def tune_multitask(
             weight range: static weights drawn per head, the choice
             ``"static:tuned"``), ``learning_rate`` /
             ``finetune_learning_rate`` (numbers or ranges), ``unfreeze`` (a
-            choice or a list).
+            choice or a list), ``epochs`` / ``finetune_epochs`` (lists of
+            epoch counts per phase). A method's parameter or an
+            architecture's size is searched with `mtk.tuning.Tunable`, e.g.
+            ``Tunable("mmoe", num_experts=[2, 4, 8])``.
         tuner: ``"random"``, ``"bayesian"`` or ``"hyperband"``.
         max_trials: number of trials (random, bayesian).
         epochs: training epochs per trial (frozen-trunk epochs when
@@ -199,6 +207,17 @@ def tune_multitask(
     [True, True]
     """
     hypermodel_kwargs = check_search(search)
+    if "finetune_epochs" in hypermodel_kwargs and finetune_epochs:
+        raise ValueError(
+            f"finetune_epochs={finetune_epochs!r} and search['finetune_epochs']"
+            " both set the fine-tuning epochs; give one."
+        )
+    finetune_epochs = hypermodel_kwargs.pop("finetune_epochs", finetune_epochs)
+    if tuner == "hyperband" and "epochs" in hypermodel_kwargs:
+        raise ValueError(
+            "tuner='hyperband' sets each trial's epochs itself; search "
+            "'epochs' with tuner='random' or 'bayesian'."
+        )
     check_search_arguments(
         tuner, validation_data, max_trials, epochs, executions_per_trial,
         chief_timeout, finetune_epochs, fit_kwargs,

@@ -27,10 +27,11 @@ from mtk.tuning.hypermodel import WEIGHT_PREFIX
 from mtk.tuning.score import OBJECTIVE
 from mtk.tuning.space import COST_OBJECTIVE
 from mtk.tuning.space import STEP_TIME
+from mtk.tuning.space import described
 
 
 # Hyperparameters shown as table columns, labels of discrete choices.
-CHOICE_COLUMNS = ("loss_weighting", "sharing", "unfreeze")
+CHOICE_COLUMNS = ("loss_weighting", "sharing", "unfreeze", "epochs", "finetune_epochs")
 
 
 class LossWeightTunerMixin:
@@ -152,8 +153,9 @@ class LossWeightTunerMixin:
         Returns:
             A list of dicts, in trial order, with keys ``trial``, the
             labels of the searched choices (``loss_weighting``, ``sharing``,
-            ``unfreeze``, when searched), ``weight_<head>`` for each head
-            (when drawn in that trial), each head's primary validation
+            ``unfreeze``, ``epochs``, ``finetune_epochs``, when searched; a
+            `mtk.tuning.Tunable` with the values it drew), ``weight_<head>``
+            for each head (when drawn in that trial), each head's primary validation
             metric (e.g. ``val_item_accuracy``), ``step_time_ms`` (median
             training step time, `mtk.tuning.space.TrialCost`),
             ``val_multitask_score`` and the objective when it is another,
@@ -177,7 +179,7 @@ class LossWeightTunerMixin:
             values = trial.hyperparameters.values
             for key in CHOICE_COLUMNS:
                 if key in values:
-                    row[key] = values[key]
+                    row[key] = described(key, values)
             for head, weight in loss_weights_of(trial.hyperparameters).items():
                 row[f"weight_{head}"] = weight
             for name in head_metrics.values():
