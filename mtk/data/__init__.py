@@ -2,7 +2,8 @@
 
 - `from_tfds`: a TensorFlow Datasets dataset → ``(inputs, {head: label})``.
 - `mix`: interleave pipelines whose examples label different heads; the
-  labels a source lacks get the missing-label sentinel.
+  labels a source lacks get the missing-label sentinel. `with_domain` adds
+  the domain label of domain adaptation (`mtk.adaptation`).
 - `load_fashion_mnist`: Fashion-MNIST from local files, offline.
 - `MultiFashion`: the MultiFashion benchmark as a TFDS builder, registered as
   ``"multi_fashion"`` on import; `load_multi_fashion` returns a variant of
@@ -21,6 +22,7 @@ from mtk.data.fashion_trunk import quickstart_cnn
 from mtk.data.labels import label_spec
 from mtk.data.labels import missing_label
 from mtk.data.mixing import mix
+from mtk.data.mixing import with_domain
 from mtk.data.multi_fashion import MultiFashion
 from mtk.data.multi_fashion import MultiFashionConfig
 from mtk.data.multi_fashion import lenet
@@ -46,4 +48,5 @@ __all__ = [
     "mix",
     "multi_fashion_heads",
     "pretrain_fashion_trunk",
+    "with_domain",
 ]
