@@ -351,9 +351,10 @@ class DANN(Adaptation):
             network: one of 100).
         lambda_: a fixed reversal factor >= 0, or None (default) for the
             paper's schedule ``2 / (1 + exp(-gamma * p)) - 1`` over the
-            progress ``p`` of each `fit` (epochs and steps; `fit_transfer`'s
-            fine-tuning phase goes on from where its frozen phase's epochs
-            end), set before every step.
+            progress ``p`` of each `fit` (epochs and steps; with data of
+            unknown length, whole epochs until the first epoch's steps are
+            counted; `fit_transfer`'s fine-tuning phase goes on from where
+            its frozen phase's epochs end), set before every step.
         gamma: the schedule's steepness (the paper's 10).
         num_domains: number of domains (labels ``0 .. num_domains - 1``).
         domain_key: the labels dict key of the domain labels.
@@ -583,16 +584,26 @@ class _DANNSchedule(keras.callbacks.Callback):
         super().__init__()
         self.method = method
         self._epoch = 0
+        self._steps = None  # an epoch's steps, when the data does not say
+        self._last_batch = None
+
+    def on_train_begin(self, logs=None):
+        self._steps = self._last_batch = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
         epochs = self.params.get("epochs") or 1
-        steps = self.params.get("steps")
-        within = batch / steps if steps else 0.0
+        steps = self.params.get("steps") or self._steps
+        within = min(1.0, batch / steps) if steps else 0.0
         progress = min(1.0, (self._epoch + within) / epochs)
         self.method.reversal.set_lambda(dann_lambda(progress, self.method.gamma))
+        self._last_batch = batch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._steps is None and self._last_batch is not None:
+            self._steps = self._last_batch + 1
 
 
 class _NoTargetWarning(keras.callbacks.Callback):

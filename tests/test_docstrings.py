@@ -16,6 +16,7 @@ from conftest import minilm_dir
 from conftest import IMAGE_SHAPE
 
 MODULES = [
+    "mtk.adaptation",
     "mtk.data.fashion_mnist",
     "mtk.data.fashion_trunk",
     "mtk.data.labels",
@@ -28,6 +29,7 @@ MODULES = [
     "mtk.export",
     "mtk.losses",
     "mtk.heads",
+    "mtk.layers",
     "mtk.model",
     "mtk.monitor",
     "mtk.monitoring",
