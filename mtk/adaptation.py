@@ -211,6 +211,15 @@ class Adaptation(keras.layers.Layer):
         self._warned_no_target = False
 
     # === Set-up (called by the model) ===
+    def check_heads(self, head_names):
+        """Raises if a head's labels would be taken for domain labels."""
+        if self.domain_key in head_names:
+            raise ValueError(
+                f"{type(self).__name__}(domain_key={self.domain_key!r}) reads "
+                f"the domain labels under the key of head {self.domain_key!r}; "
+                "rename the head or pass another domain_key."
+            )
+
     def setup(self, feature_shape):
         """Creates the method's layers and trackers for these features."""
         if len(feature_shape) != 2:

@@ -110,6 +110,8 @@ def build_multitask_model(
     weighting.check_heads(names)
     sharing = get_sharing(sharing)
     adaptation = get_adaptation(adaptation)
+    if adaptation is not None:
+        adaptation.check_heads(names)
     if compile:
         # Fail on bad compile arguments before the (slow) trunk is built.
         check_loss_weights(loss_weights, names, weighting)

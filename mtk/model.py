@@ -202,6 +202,8 @@ class MultiTaskModel(keras.Model):
 
         heads = check_heads(heads)
         adaptation = get_adaptation(adaptation)
+        if adaptation is not None:
+            adaptation.check_heads([head.name for head in heads])
         weighting = get_loss_weighting(loss_weighting)
         weighting.check_heads([head.name for head in heads])
         sharing = get_sharing(sharing)

@@ -277,6 +277,12 @@ def test_bad_arguments_name_the_argument():
         mtk.data.with_domain(tf.data.Dataset.range(3), -1)
 
 
+def test_a_head_named_like_the_domain_key_is_refused_before_the_trunk_is_built():
+    with pytest.raises(ValueError, match=r"DANN\(domain_key='domain'\) reads the domain labels under the key of head 'domain'"):
+        mtk.build_multitask_model(
+            "no_such_trunk", heads=[mtk.heads.Binary("domain")], adaptation="dann")
+
+
 def test_adaptation_needs_one_tensor_every_head_reads():
     from test_sharing import SHAPE  # noqa: F401 (the conv trunk's input)
     from test_sharing import build as build_shared

@@ -18,6 +18,7 @@ from conftest import IMAGE_SHAPE
 MODULES = [
     "mtk.adaptation",
     "mtk.data.fashion_mnist",
+    "mtk.data.fashion_shift",
     "mtk.data.fashion_trunk",
     "mtk.data.labels",
     "mtk.data.mixing",
