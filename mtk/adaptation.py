@@ -292,7 +292,7 @@ class Adaptation(keras.layers.Layer):
             )
 
     # === Per step ===
-    def loss(self, features, domains, check=True):
+    def loss(self, features, domains, check=True, training=True):
         """This replica's share of the weighted adaptation loss for a batch.
 
         Updates the method's trackers and the count of target examples seen.
@@ -301,6 +301,8 @@ class Adaptation(keras.layers.Layer):
             features: the shared features, ``(batch, d)``.
             domains: the batch's domain labels, ``(batch,)`` or ``(batch, 1)``.
             check: guard the domain labels with an assertion (off under XLA).
+            training: False for validation data: its target examples do not
+                count as seen by training.
         """
         domains = ops.reshape(ops.cast(domains, "int32"), (-1,))
         if check:
@@ -315,9 +317,10 @@ class Adaptation(keras.layers.Layer):
             )
             with tf.control_dependencies([guard]):
                 domains = tf.identity(domains)
-        self.targets_seen.assign_add(
-            ops.sum(ops.cast(domains >= 1, "float32"))
-        )
+        if training:
+            self.targets_seen.assign_add(
+                ops.sum(ops.cast(domains >= 1, "float32"))
+            )
         value = self.step_loss(ops.cast(features, "float32"), domains)
         return ops.cast(self.weight, "float32") * value
 

@@ -419,10 +419,11 @@ class MultiTaskModel(keras.Model):
             return y, None
         return self.adaptation.split_labels(y, required=required)
 
-    def _adaptation_loss(self, adapted, domains):
+    def _adaptation_loss(self, adapted, domains, training=True):
         if self.adaptation is None:
             return ops.zeros((), "float32")
-        return self.adaptation.loss(adapted, domains, check=not self.jit_compile)
+        return self.adaptation.loss(
+            adapted, domains, check=not self.jit_compile, training=training)
 
     def _head_losses(self, y, y_pred, sample_weight):
         """Per-head losses over the global batch.
@@ -646,7 +647,7 @@ class MultiTaskModel(keras.Model):
             y_pred = self(x, training=False)
         else:  # the adaptation's logs on validation data too
             y_pred, _, adapted = self._forward(x, training=False)
-            self._adaptation_loss(adapted, domains)
+            self._adaptation_loss(adapted, domains, training=False)
         _, values = self._head_losses(y, y_pred, sample_weight)
         self._track_losses(x, values, self._regularization())
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)

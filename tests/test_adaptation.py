@@ -310,9 +310,10 @@ def test_bad_domain_labels_fail_before_training():
 def test_no_target_examples_warn_once():
     x, y = data(16, target_from=16)  # all source
     model = build("mmd")
+    target_x, target_y = data(16, target_from=0)  # validation: target rows
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(x, y, epochs=2, verbose=0)
+        model.fit(x, y, epochs=2, verbose=0, validation_data=(target_x, target_y))
         model.fit(x, y, epochs=1, verbose=0)
     messages = [str(w.message) for w in caught if "nothing to adapt to" in str(w.message)]
     assert len(messages) == 1, messages
