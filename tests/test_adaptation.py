@@ -251,6 +251,9 @@ def test_keras_file_keeps_the_domain_head_and_serving_has_task_heads_only(tmp_pa
     # The task heads' outputs (a Classification head serves its class id too).
     assert sorted(serving.structured_outputs) == ["item", "item_class_id", "price"]
     assert sorted(model(x[:2])) == ["item", "price"]
+    tflite = mtk.export_tflite(model, str(tmp_path / "m.tflite"))
+    outputs = tf.lite.Interpreter(tflite).get_signature_list()["serving_default"]["outputs"]
+    assert sorted(outputs) == ["item", "item_class_id", "price"]
 
 
 def test_configs_round_trip():
