@@ -4,11 +4,13 @@ One pretrained trunk, several named heads, a frozen-then-unfrozen training
 schedule. See README.md for the quick start.
 """
 
+from mtk import adaptation
 from mtk import data
 from mtk import distribute
 from mtk import evaluation
 from mtk import export
 from mtk import heads
+from mtk import layers
 from mtk import losses
 from mtk import model
 from mtk import monitoring

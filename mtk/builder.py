@@ -4,6 +4,7 @@ import contextlib
 
 import keras
 
+from mtk.adaptation import get_adaptation
 from mtk.distribute import check_strategy
 from mtk.heads import check_head_dict
 from mtk.heads import heads_of
@@ -35,6 +36,7 @@ def build_multitask_model(
     strategy=None,
     loss_weighting="static",
     sharing="hard",
+    adaptation=None,
     **compile_kwargs,
 ):
     """Builds a functional multi-task model: one shared trunk, named heads.
@@ -81,6 +83,11 @@ def build_multitask_model(
             ``mtk.sharing.MTAN(at=[...])``,
             ``mtk.sharing.CrossStitch(at=[...])`` (the last two name trunk
             layers).
+        adaptation: domain adaptation on the features every head reads,
+            trained on unlabelled target-domain examples (see
+            `mtk.adaptation`): ``mtk.adaptation.DANN(...)``, ``CORAL(...)``,
+            ``MMD(...)`` or their lower-case names. Training-only: the
+            served model has the task heads only.
         **compile_kwargs: passed to `keras.Model.compile` (e.g.
             ``jit_compile``, ``steps_per_execution``).
 
@@ -102,6 +109,9 @@ def build_multitask_model(
     names = [head.name for head in heads]
     weighting.check_heads(names)
     sharing = get_sharing(sharing)
+    adaptation = get_adaptation(adaptation)
+    if adaptation is not None:
+        adaptation.check_heads(names)
     if compile:
         # Fail on bad compile arguments before the (slow) trunk is built.
         check_loss_weights(loss_weights, names, weighting)
@@ -131,6 +141,7 @@ def build_multitask_model(
             preprocessing=parts.preprocessing,
             loss_weighting=weighting,
             sharing=sharing,
+            adaptation=adaptation,
             name=name,
         )
     model.trunk.trainable = not freeze_trunk

@@ -43,9 +43,10 @@ from mtk.trunks import TRUNK_NAME
 from mtk.trunks import TrunkParts
 from mtk.weighting import get_loss_weighting
 
-# Output key of the shared features in the internal features view; it is no
-# valid head name (head names are identifiers), so it cannot clash with one.
+# Output keys of the shared features in the internal features view; they are
+# no valid head names (head names are identifiers), so they cannot clash.
 _FEATURES_KEY = "shared features"
+_ADAPTED_KEY = "adapted features"
 
 
 def check_heads(heads):
@@ -165,6 +166,10 @@ class MultiTaskModel(keras.Model):
             ``CrossStitch``). ``model.trunk`` is then the nested model the
             method builds from ``trunk`` (e.g. one copy per head for
             cross-stitch).
+        adaptation: None, or a domain adaptation method on the features
+            every head reads (`mtk.adaptation`: ``DANN``, ``CORAL``,
+            ``MMD``, or their lower-case names). Training-only: it is no
+            output of the model.
         **kwargs: `keras.Model` arguments (``name``, ``trainable``).
 
     Example:
@@ -190,9 +195,15 @@ class MultiTaskModel(keras.Model):
         preprocessing=None,
         loss_weighting="static",
         sharing="hard",
+        adaptation=None,
         **kwargs,
     ):
+        from mtk.adaptation import get_adaptation  # it imports this module
+
         heads = check_heads(heads)
+        adaptation = get_adaptation(adaptation)
+        if adaptation is not None:
+            adaptation.check_heads([head.name for head in heads])
         weighting = get_loss_weighting(loss_weighting)
         weighting.check_heads([head.name for head in heads])
         sharing = get_sharing(sharing)
@@ -255,7 +266,7 @@ class MultiTaskModel(keras.Model):
         # A view of the same layers that also returns the shared features,
         # for methods that need gradients there. Not tracked: its layers are
         # this model's.
-        features_model = None
+        view = {}
         if weighting.needs_feature_gradients or getattr(weighting, "rep_grad", False):
             shared_layer = getattr(weighting, "shared_layer", None)
             if connection.common is None and shared_layer is None:
@@ -266,11 +277,23 @@ class MultiTaskModel(keras.Model):
                     "gradient-level method without rep_grad, a loss-level "
                     "method, or hard / MMoE / CGC / PLE sharing."
                 )
-            view = dict(outputs)
             view[_FEATURES_KEY] = self._shared_features(
                 connection.common, shared_layer
             )
-            features_model = keras.Model(inputs, view)
+        if adaptation is not None:
+            if connection.common is None:
+                raise ValueError(
+                    f"{type(adaptation).__name__} adapts the features every "
+                    f"head reads, but sharing={sharing!r} gives each head its "
+                    "own features with no one tensor in common. Use hard / "
+                    "MMoE / CGC / PLE sharing."
+                )
+            view[_ADAPTED_KEY] = connection.common
+            adaptation.setup(tuple(connection.common.shape))
+        # Training-only, never served: saved with the model as the balancing
+        # method is.
+        self.adaptation = adaptation
+        features_model = keras.Model(inputs, {**outputs, **view}) if view else None
         object.__setattr__(self, "_features_model", features_model)
 
     def _shared_features(self, features, layer_name):
@@ -355,7 +378,8 @@ class MultiTaskModel(keras.Model):
         names = ["loss"] + [tracker.name for tracker in self._head_loss_trackers]
         for head, metrics in self._metric_names.items():
             names += [f"{head}_{m}" if several else m for m in metrics]
-        return names + [tracker.name for tracker in self._loss_weight_trackers]
+        names += [tracker.name for tracker in self._loss_weight_trackers]
+        return names + (self.adaptation.log_names() if self.adaptation else [])
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
@@ -381,10 +405,25 @@ class MultiTaskModel(keras.Model):
 
     # === Training step ===
     def _forward(self, x, training):
+        """Outputs, shared features (for the balancing method) and adapted
+        features (for the adaptation method); None where not needed."""
         if self._features_model is None:
-            return self(x, training=training), None
+            return self(x, training=training), None, None
         outputs = dict(self._features_model(x, training=training))
-        return outputs, outputs.pop(_FEATURES_KEY)
+        return (outputs, outputs.pop(_FEATURES_KEY, None),
+                outputs.pop(_ADAPTED_KEY, None))
+
+    def _split_domains(self, y, required=True):
+        """``(task labels, domain labels or None)``."""
+        if self.adaptation is None:
+            return y, None
+        return self.adaptation.split_labels(y, required=required)
+
+    def _adaptation_loss(self, adapted, domains, training=True):
+        if self.adaptation is None:
+            return ops.zeros((), "float32")
+        return self.adaptation.loss(
+            adapted, domains, check=not self.jit_compile, training=training)
 
     def _head_losses(self, y, y_pred, sample_weight):
         """Per-head losses over the global batch.
@@ -484,18 +523,22 @@ class MultiTaskModel(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y, domains = self._split_domains(y)
         weighting = self.loss_weighting
         learned = list(weighting.learned_variables)
         persistent = weighting.gradient_level or weighting.needs_feature_gradients
         with tf.GradientTape(persistent=persistent) as tape:
             for variable in learned:
                 tape.watch(variable.value)
-            y_pred, features = self._forward(x, training=True)
+            y_pred, features, adapted = self._forward(x, training=True)
             losses, values = self._head_losses(y, y_pred, sample_weight)
             regularization = self._regularization()
+            # Outside the balancing method's combination: its own weight.
+            adaptation_loss = self._adaptation_loss(adapted, domains)
             objective = (
                 ops.cast(weighting.combine(losses), "float32")
                 + regularization / _num_replicas()
+                + adaptation_loss
             )
             # Mixed precision: gradients are taken of the scaled loss.
             scaled = self.optimizer.scale_loss(objective)
@@ -527,6 +570,12 @@ class MultiTaskModel(keras.Model):
                     for g, r in zip(shared_gradients, tape.gradient(
                         regularization, shared,
                         output_gradients=scale / _num_replicas()))
+                ]
+            if self.adaptation is not None:  # so does the adaptation loss
+                shared_gradients = [
+                    g if a is None else g + ops.cast(a, g.dtype)
+                    for g, a in zip(shared_gradients, tape.gradient(
+                        adaptation_loss, shared, output_gradients=scale))
                 ]
             by_variable.update(zip(map(id, shared), shared_gradients))
         del tape
@@ -593,7 +642,12 @@ class MultiTaskModel(keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_pred = self(x, training=False)
+        y, domains = self._split_domains(y, required=False)
+        if domains is None:
+            y_pred = self(x, training=False)
+        else:  # the adaptation's logs on validation data too
+            y_pred, _, adapted = self._forward(x, training=False)
+            self._adaptation_loss(adapted, domains, training=False)
         _, values = self._head_losses(y, y_pred, sample_weight)
         self._track_losses(x, values, self._regularization())
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
@@ -608,8 +662,10 @@ class MultiTaskModel(keras.Model):
         arguments = dict(arguments.arguments)
         arguments.pop("self")
         arguments.update(arguments.pop("kwargs", {}))
-        arguments["callbacks"] = [_EpochEnd(self.loss_weighting)] + list(
-            arguments.get("callbacks") or []
+        arguments["callbacks"] = (
+            [_EpochEnd(self.loss_weighting)]
+            + (self.adaptation.callbacks() if self.adaptation else [])
+            + list(arguments.get("callbacks") or [])
         )
         weighting = self.loss_weighting
         if weighting.gradient_level and not self._shared_variables(
@@ -646,6 +702,11 @@ class MultiTaskModel(keras.Model):
                 self.loss_weighting
             ),
             "sharing": keras.saving.serialize_keras_object(self.sharing),
+            "adaptation": (
+                None if self.adaptation is None
+                else without_build_config(
+                    keras.saving.serialize_keras_object(self.adaptation))
+            ),
         }
 
     @classmethod
@@ -664,6 +725,8 @@ class MultiTaskModel(keras.Model):
             config["sharing"] = revive(config["sharing"])
         if config.get("preprocessing") is not None:
             config["preprocessing"] = revive(config["preprocessing"])
+        if config.get("adaptation") is not None:
+            config["adaptation"] = revive(config["adaptation"])
         return cls(**config)
 
 

@@ -242,6 +242,13 @@ def check_training_data(model, x, y=None, *, source=None):
     """
     heads = heads_of(model)
     of_source = f" of {source}" if source else ""
+    # Domain labels (mtk.adaptation) are no head's: checked on their own.
+    adaptation = getattr(model, "adaptation", None)
+    argument = f"{source}'s labels" if source else "labels"
+    if adaptation is not None and not isinstance(x, tf.data.Dataset):
+        y, domains = adaptation.split_labels(y, source is None, argument)
+        if domains is not None:
+            adaptation.check_domain_values(domains, where=of_source.strip())
     if isinstance(x, tf.data.Dataset):
         spec = x.element_spec
         if not isinstance(spec, tuple) or len(spec) not in (2, 3):
@@ -251,6 +258,11 @@ def check_training_data(model, x, y=None, *, source=None):
                 f"{spec}."
             )
         input_spec, label_spec = spec[0], spec[1]
+        if adaptation is not None:
+            label_spec, domain_spec = adaptation.split_labels(
+                label_spec, source is None, argument)
+            if domain_spec is not None:
+                adaptation.check_domain_spec(domain_spec, argument)
     else:
         input_spec = _array_spec(x)
         check_head_dict(f"{source}'s labels" if source else "y", y, heads)
@@ -271,7 +283,12 @@ def check_training_data(model, x, y=None, *, source=None):
         if batch is None:
             raise ValueError(f"{empty} (the dataset yields no batches).")
         labels = {name: value.numpy() for name, value in batch[1].items()}
-        check_label_values(heads, labels, where=f"of the first batch{of_source}")
+        where = f"of the first batch{of_source}"
+        if adaptation is not None:
+            labels, domains = adaptation.split_labels(labels, False)
+            if domains is not None:
+                adaptation.check_domain_values(domains, where=where)
+        check_label_values(heads, labels, where=where)
     else:
         sizes = [input_spec.shape[0]] + [s.shape[0] for s in label_spec.values()]
         if 0 in sizes:

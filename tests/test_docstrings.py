@@ -16,7 +16,9 @@ from conftest import minilm_dir
 from conftest import IMAGE_SHAPE
 
 MODULES = [
+    "mtk.adaptation",
     "mtk.data.fashion_mnist",
+    "mtk.data.fashion_shift",
     "mtk.data.fashion_trunk",
     "mtk.data.labels",
     "mtk.data.mixing",
@@ -28,6 +30,7 @@ MODULES = [
     "mtk.export",
     "mtk.losses",
     "mtk.heads",
+    "mtk.layers",
     "mtk.model",
     "mtk.monitor",
     "mtk.monitoring",

@@ -43,7 +43,8 @@ def assert_accuracy_agrees_with_confusion(results, heads):
         assert reported == pytest.approx(recomputed, abs=1e-6), head
 
 
-@pytest.mark.parametrize("name", ["image_multitask", "face_attributes", "text_multitask"])
+@pytest.mark.parametrize("name", ["image_multitask", "face_attributes", "text_multitask",
+                                  "domain_adaptation"])
 def test_help_shows_defaults(name, capsys):
     recipe = load_recipe(name)
     with pytest.raises(SystemExit) as exit_info:
@@ -74,6 +75,25 @@ def test_image_multitask_offline_on_tiny_fashion_files(tmp_path):
     assert results["evaluation"]["phase_boundary"] == 1
     model = keras.saving.load_model(out / "model.keras")
     assert model.input_shape == (None, 36, 36, 1)
+
+
+@pytest.mark.slow
+def test_domain_adaptation_offline_on_tiny_fashion_files(tmp_path):
+    fashion_dir = tmp_path / "fashion"
+    write_fashion_files(fashion_dir)
+    out = tmp_path / "out"
+    results = load_recipe("domain_adaptation").main([
+        "--output-dir", str(out), "--data-dir", str(fashion_dir), "--method", "dann",
+        "--source-size", "16", "--target-size", "8", "--target-labels", "4",
+        "--test-size", "8", "--epochs", "1", "--batch-size", "8", "--verbose", "0",
+    ])
+    assert sorted(results["reports"]) == [
+        "dann, source", "dann, target", "source-only, source", "source-only, target"]
+    assert {"domain_accuracy", "domain_lambda", "domain_loss",
+            "val_item_accuracy"} <= set(results["watch"])
+    assert (out / "saved_model" / "1" / "saved_model.pb").is_file()
+    model = keras.saving.load_model(out / "model.keras")
+    assert type(model.adaptation).__name__ == "DANN"
 
 
 @pytest.mark.slow

@@ -2,11 +2,15 @@
 
 - `from_tfds`: a TensorFlow Datasets dataset → ``(inputs, {head: label})``.
 - `mix`: interleave pipelines whose examples label different heads; the
-  labels a source lacks get the missing-label sentinel.
+  labels a source lacks get the missing-label sentinel. `with_domain` adds
+  the domain label of domain adaptation (`mtk.adaptation`).
 - `load_fashion_mnist`: Fashion-MNIST from local files, offline.
 - `MultiFashion`: the MultiFashion benchmark as a TFDS builder, registered as
   ``"multi_fashion"`` on import; `load_multi_fashion` returns a variant of
   any size as numpy arrays, `multi_fashion_heads` its heads.
+- `load_fashion_shift` / `fashion_mnist_m` / `dann_cnn`: an offline domain
+  shift (Fashion-MNIST -> a re-rendered "Fashion-MNIST-M") for domain
+  adaptation, and the DANN paper's small CNN.
 - `pretrain_fashion_trunk` / `fashion_cnn`: an offline "pretrained trunk"
   (a small CNN that learned Fashion-MNIST), for transfer without downloads.
 - `mmoe_synthetic` / `MMoESynthetic`: the MMoE paper's synthetic regression
@@ -15,12 +19,16 @@
 
 from mtk.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASS_NAMES
 from mtk.data.fashion_mnist import load_fashion_mnist
+from mtk.data.fashion_shift import dann_cnn
+from mtk.data.fashion_shift import fashion_mnist_m
+from mtk.data.fashion_shift import load_fashion_shift
 from mtk.data.fashion_trunk import fashion_cnn
 from mtk.data.fashion_trunk import pretrain_fashion_trunk
 from mtk.data.fashion_trunk import quickstart_cnn
 from mtk.data.labels import label_spec
 from mtk.data.labels import missing_label
 from mtk.data.mixing import mix
+from mtk.data.mixing import with_domain
 from mtk.data.multi_fashion import MultiFashion
 from mtk.data.multi_fashion import MultiFashionConfig
 from mtk.data.multi_fashion import lenet
@@ -35,10 +43,13 @@ __all__ = [
     "MMoESynthetic",
     "MultiFashion",
     "MultiFashionConfig",
+    "dann_cnn",
     "fashion_cnn",
+    "fashion_mnist_m",
     "from_tfds",
     "label_spec",
     "load_fashion_mnist",
+    "load_fashion_shift",
     "lenet",
     "load_multi_fashion",
     "missing_label",
@@ -46,4 +57,5 @@ __all__ = [
     "mix",
     "multi_fashion_heads",
     "pretrain_fashion_trunk",
+    "with_domain",
 ]

@@ -92,6 +92,61 @@ def mix(
     )
 
 
+def with_domain(dataset, domain, key="domain"):
+    """Adds a domain label to every example of an unbatched pipeline.
+
+    The data stream of domain adaptation (`mtk.adaptation`): the labelled
+    source gets domain 0, unlabelled target examples domain 1, then `mix`
+    interleaves them and gives the target examples the missing-label
+    sentinel for every task. Batch the mix.
+
+    Args:
+        dataset: an unbatched `tf.data.Dataset` of ``(inputs, {head:
+            label})``, or of inputs alone (unlabelled data).
+        domain: the domain id, an integer >= 0 (0: source, 1: target).
+        key: the labels key (the adaptation method's ``domain_key``).
+
+    Returns:
+        An unbatched `tf.data.Dataset` of ``(inputs, {..., key: domain})``,
+        the domain an int64 scalar.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from mtk.data import mix, with_domain
+    >>> source = tf.data.Dataset.from_tensor_slices(
+    ...     (tf.zeros((4, 8)), {"item": tf.constant([0, 1, 2, 0], tf.int64)}))
+    >>> target = tf.data.Dataset.from_tensor_slices(tf.ones((4, 8)))
+    >>> stream = mix([with_domain(source, 0), with_domain(target, 1)], seed=0)
+    >>> _, labels = next(iter(stream.batch(8)))
+    >>> sorted(labels), sorted(labels["domain"].numpy().tolist())
+    (['domain', 'item'], [0, 0, 0, 0, 1, 1, 1, 1])
+    """
+    if isinstance(domain, bool) or not isinstance(domain, int) or domain < 0:
+        raise ValueError(
+            f"with_domain: domain must be an integer >= 0 (0: source, 1: "
+            f"target), got {domain!r}."
+        )
+    spec = getattr(dataset, "element_spec", None)
+    labelled = isinstance(spec, tuple) and len(spec) == 2
+    if labelled and not isinstance(spec[1], dict):
+        raise ValueError(
+            "with_domain: the dataset must yield inputs alone or (inputs, "
+            f"{{head name: label}}), got element_spec {spec!r}."
+        )
+    if labelled and key in spec[1]:
+        raise ValueError(f"with_domain: the dataset already labels {key!r}.")
+    if isinstance(spec, tuple) and not labelled:
+        raise ValueError(
+            "with_domain: the dataset must yield inputs alone or (inputs, "
+            f"{{head name: label}}), got element_spec {spec!r}."
+        )
+    value = tf.constant(domain, tf.int64)
+    if labelled:
+        return dataset.map(lambda x, y: (x, {**y, key: value}))
+    return dataset.map(lambda x: (x, {key: value}))
+
+
 def _check_inputs(datasets):
     first = datasets[0].element_spec[0]
     for i, dataset in enumerate(datasets[1:], start=1):
@@ -118,6 +173,11 @@ def _label_specs(datasets, heads):
     if heads is not None:
         for name, head in labels_lib.heads_by_name(heads).items():
             specs[name], origins[name] = labels_lib.label_spec(head), "heads"
+        # A model with domain adaptation (mtk.adaptation) takes domain labels.
+        domain_key = getattr(getattr(heads, "adaptation", None), "domain_key", None)
+        if domain_key is not None:
+            specs[domain_key] = tf.TensorSpec((), tf.int64)
+            origins[domain_key] = "the model's adaptation"
     for i, dataset in enumerate(datasets):
         for name, spec in dataset.element_spec[1].items():
             if not spec.shape.is_fully_defined():
