@@ -132,14 +132,17 @@ class Head(keras.layers.Layer):
         self.dropout = dropout
         self.hidden_activation = hidden_activation
 
+        self._make_layers()
+
+    def _make_layers(self):
         # === Layers ===
         self.hidden_layers = [
             keras.layers.Dense(
-                units, activation=hidden_activation, name=f"hidden_{i}"
+                units, activation=self.hidden_activation, name=f"hidden_{i}"
             )
-            for i, units in enumerate(hidden_units)
+            for i, units in enumerate(self.hidden_units)
         ]
-        self.dropout_layer = keras.layers.Dropout(dropout, name="dropout")
+        self.dropout_layer = keras.layers.Dropout(self.dropout, name="dropout")
         self.output_dense = keras.layers.Dense(
             self.output_units,
             activation=self.output_activation,
@@ -171,7 +174,7 @@ class Head(keras.layers.Layer):
     # === Training contract ===
     def get_loss(self):
         """A fresh masked loss object for this head."""
-        return MaskedLoss(self.default_loss_name(), label_kind=self.label_kind)
+        return MaskedLoss(self.default_loss_name(), **self._masking())
 
     def get_metrics(self, extra=()):
         """Fresh masked metric objects for this head.
@@ -188,10 +191,11 @@ class Head(keras.layers.Layer):
                     f"keras.metrics.Metric objects, got {metric!r}."
                 )
             metrics.append(metric)
-        return [
-            MaskedMetric(metric, label_kind=self.label_kind)
-            for metric in metrics
-        ]
+        return [MaskedMetric(metric, **self._masking()) for metric in metrics]
+
+    def _masking(self):
+        """How this head's labels mark a missing label (`mtk.losses`)."""
+        return {"label_kind": self.label_kind}
 
     def default_loss_name(self):
         raise NotImplementedError
@@ -281,12 +285,7 @@ class Head(keras.layers.Layer):
         index = tuple(int(i) for i in np.argwhere(invalid)[0])
         count = int(np.count_nonzero(invalid))
         value = labels[index]
-        position = f"example {index[0]}"
-        if len(index) > 1 and labels.shape[1:] != (1,):
-            position += f", entry {index[1]}"
-            names = self._entry_names()
-            if names is not None:
-                position += f" ({names[index[1]]!r})"
+        position = self._position(index, labels.shape)
         if where:
             position += f" {where}"
         if count > 1:
@@ -299,6 +298,16 @@ class Head(keras.layers.Layer):
             value=value.item(),
             index=index,
         )
+
+    def _position(self, index, shape):
+        """Where the bad label at ``index`` of an array of ``shape`` is."""
+        position = f"example {index[0]}"
+        if len(index) > 1 and shape[1:] != (1,):
+            position += f", entry {index[1]}"
+            names = self._entry_names()
+            if names is not None:
+                position += f" ({names[index[1]]!r})"
+        return position
 
     def labels_valid(self, labels):
         """A scalar boolean tensor: True when every label of the batch is valid.
@@ -882,3 +891,8 @@ def check_label_values(heads, labels, where=None):
     """
     for name, values in labels.items():
         heads[name].check_label_values(values, where=where)
+
+
+# Dense (per-pixel) heads live in their own module; they are heads too.
+from mtk.dense_heads import DenseRegression  # noqa: E402
+from mtk.dense_heads import Segmentation  # noqa: E402

@@ -34,6 +34,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from mtk.dense_heads import connect_dense
+from mtk.dense_heads import reads_feature_map
 from mtk.heads import Head
 from mtk.heads import check_head_dict
 from mtk.heads import check_loss_weights as check_loss_weight_values
@@ -66,7 +68,8 @@ def check_heads(heads):
         if not isinstance(head, Head):
             raise TypeError(
                 "heads must be mtk.heads.Head objects (Classification, Binary, "
-                f"MultiLabel, Regression); got {head!r}."
+                "MultiLabel, Regression, Segmentation, DenseRegression); got "
+                f"{head!r}."
             )
         if head.name in names:
             raise ValueError(
@@ -217,7 +220,11 @@ class MultiTaskModel(keras.Model):
         )
 
         # === Functional model ===
-        connection = sharing.connect(parts, [head.name for head in heads])
+        if any(reads_feature_map(head) for head in heads):
+            # Dense heads decode the feature map; image-level ones pool it.
+            connection = connect_dense(sharing, parts, heads)
+        else:
+            connection = sharing.connect(parts, [head.name for head in heads])
         inputs = connection.inputs
         outputs = {head.name: head(connection.features[head.name]) for head in heads}
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)

@@ -17,6 +17,7 @@ from conftest import IMAGE_SHAPE
 
 MODULES = [
     "mtk.data.fashion_mnist",
+    "mtk.dense_heads",
     "mtk.data.fashion_trunk",
     "mtk.data.labels",
     "mtk.data.mixing",

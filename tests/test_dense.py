@@ -1,0 +1,307 @@
+"""Dense heads: Segmentation and DenseRegression on a feature-map trunk."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mtk
+from mtk.dense_heads import AngleError
+from mtk.dense_heads import PixelMaskedMetric
+from testing import run_model_saving_test
+from testing import run_python
+from testing import run_serialization_test
+
+SHAPE = (12, 12, 1)
+
+
+def conv_trunk(name="dense_net"):
+    """A tiny CNN: 12x12 -> 6x6 (conv_a) -> 3x3 feature map (conv_b) -> vector."""
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="conv_a")(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv_b")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(2, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def dense_heads():
+    return [
+        mtk.heads.Segmentation("parts", num_classes=3, skip="conv_a",
+                               decoder_filters=8, skip_filters=4),
+        mtk.heads.DenseRegression("depth", decoder_filters=8),
+        mtk.heads.DenseRegression("normals", channels=3, unit_norm=True,
+                                  loss="cosine", decoder_filters=8),
+        mtk.heads.Classification("item", num_classes=2),
+    ]
+
+
+def dense_model(**kwargs):
+    keras.utils.set_random_seed(0)
+    return mtk.build_multitask_model(
+        conv_trunk(), heads=dense_heads(), trunk_output="conv_b",
+        trunk_weights=None, freeze_trunk=False, **kwargs)
+
+
+def dense_data(n=8, seed=0):
+    """Images and labels of the four `dense_heads`, with missing pixels and maps."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, (n,) + SHAPE).astype("float32")
+    normals = rng.normal(size=(n,) + SHAPE[:2] + (3,)).astype("float32")
+    y = {
+        "parts": rng.integers(0, 3, (n,) + SHAPE[:2]),
+        "depth": rng.uniform(1, 3, (n,) + SHAPE[:2]).astype("float32"),
+        "normals": normals / np.linalg.norm(normals, axis=-1, keepdims=True),
+        "item": rng.integers(0, 2, n),
+    }
+    y["parts"][0, :3] = 255        # a few unlabelled pixels
+    y["parts"][1] = 255            # a whole missing map
+    y["depth"][2, 5:] = np.nan
+    y["depth"][3] = np.nan         # an image without depth
+    y["normals"][4, 0, 0, 1] = np.nan
+    return x, y
+
+
+def first(data, n):
+    x, y = data
+    return x[:n], {k: v[:n].copy() for k, v in y.items()}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """One small dense model, trained two steps (shared by the slow tests)."""
+    model = dense_model()
+    x, y = dense_data()
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    return model, x, y
+
+
+# === Metrics on hand-made maps ===
+def test_miou_and_pixel_accuracy_on_hand_labelled_map():
+    head = mtk.heads.Segmentation("seg", num_classes=4, output_size=(2, 3))
+    miou, accuracy = head.get_metrics()
+    labels = np.array([[[0, 0, 1], [1, 255, 255]]])
+    predicted = np.array([[[0, 1, 1], [1, 0, 2]]])  # the last two are ignored
+    probabilities = np.eye(4, dtype="float32")[predicted]
+    for metric in (miou, accuracy):
+        metric.update_state(labels, probabilities)
+    # Class 0: TP 1, FN 1 -> 1/2; class 1: TP 2, FP 1 -> 2/3. Class 2 is
+    # predicted only at an ignored pixel and class 3 nowhere: both are absent
+    # from labels and predictions and left out of the mean.
+    assert float(miou.result()) == pytest.approx((1 / 2 + 2 / 3) / 2, abs=1e-6)
+    assert float(accuracy.result()) == pytest.approx(3 / 4)
+
+
+def test_abs_and_rel_error_skip_nan_pixels():
+    head = mtk.heads.DenseRegression("depth", output_size=(2, 2))
+    abs_error, rel_error = head.get_metrics()
+    labels = np.array([[[1.0, 2.0], [np.nan, 4.0]]])
+    predicted = np.array([[[2.0, 1.0], [100.0, 5.0]]])[..., None]
+    for metric in (abs_error, rel_error):
+        metric.update_state(labels, predicted)
+    assert float(abs_error.result()) == pytest.approx(1.0)
+    assert float(rel_error.result()) == pytest.approx((1 + 0.5 + 0.25) / 3)
+
+
+def test_angle_metrics_on_hand_vectors():
+    head = mtk.heads.DenseRegression("normals", channels=3, unit_norm=True,
+                                     output_size=(1, 4))
+    metrics = {m.name: m for m in head.get_metrics()}
+    assert list(metrics) == ["angle_mean", "angle_median", "within_11_25",
+                             "within_22_5", "within_30"]
+    labels = np.array([[[[1, 0, 0], [1, 0, 0], [1, 0, 0], [np.nan, 0, 1]]]],
+                      "float32")
+    # 0, 90 and 45 degrees; the last pixel has a NaN channel: missing.
+    predicted = np.array([[[[3, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]]]],
+                         "float32")
+    for metric in metrics.values():
+        metric.update_state(labels, predicted)
+    assert float(metrics["angle_mean"].result()) == pytest.approx(45.0, abs=1e-3)
+    assert float(metrics["angle_median"].result()) == pytest.approx(45.0, abs=0.1)
+    assert float(metrics["within_11_25"].result()) == pytest.approx(1 / 3)
+    assert float(metrics["within_30"].result()) == pytest.approx(1 / 3)
+    wide = PixelMaskedMetric(AngleError(50.0))
+    wide.update_state(labels, predicted)
+    assert float(wide.result()) == pytest.approx(2 / 3)
+
+
+# === Losses and missing labels ===
+def test_segmentation_loss_is_mean_over_labelled_pixels():
+    head = mtk.heads.Segmentation("seg", num_classes=3, output_size=(1, 3))
+    probabilities = np.array([[[[0.7, 0.2, 0.1], [0.1, 0.8, 0.1],
+                                [0.3, 0.3, 0.4]]]], "float32")
+    labels = np.array([[[0, 1, 255]]])
+    total, count = head.get_loss().sum_and_count(labels, probabilities)
+    assert float(count) == 2.0
+    assert float(total) / float(count) == pytest.approx(
+        -(np.log(0.7) + np.log(0.8)) / 2, rel=1e-5)
+
+
+def test_whole_missing_map_costs_nothing():
+    model = dense_model()
+    x, y = first(dense_data(), 2)
+    y["parts"][:] = 255
+    y["depth"][0] = np.nan
+    with tf.GradientTape() as tape:
+        outputs = model(x, training=True)
+        losses, _ = model._head_losses(y, outputs, None)
+    head = model.get_layer("parts")
+    gradients = tape.gradient(losses["parts"], head.trainable_weights)
+    assert float(losses["parts"]) == 0.0
+    assert all(float(tf.reduce_max(tf.abs(g))) == 0.0 for g in gradients)
+    # The image without depth changes neither the loss nor its gradient.
+    alone = {k: v[1:] for k, v in y.items()}
+    with tf.GradientTape() as tape:
+        loss_alone = model._head_losses(alone, model(x[1:], training=True), None)[0]
+    assert float(losses["depth"]) == pytest.approx(float(loss_alone["depth"]), rel=1e-5)
+    assert float(losses["depth"]) > 0
+
+
+# === Decoder and wiring ===
+def test_decoder_outputs_at_input_resolution_with_skip():
+    model = dense_model()
+    assert {k: tuple(v.shape) for k, v in model.output.items()} == {
+        "parts": (None, 12, 12, 3), "depth": (None, 12, 12, 1),
+        "normals": (None, 12, 12, 3), "item": (None, 2)}
+    # The skip head reads the trunk's conv_a map (6x6) beside its output.
+    assert [tuple(t.shape) for t in model.trunk.outputs] == [
+        (None, 3, 3, 8), (None, 6, 6, 4)]
+    x, _ = first(dense_data(), 2)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(x)["parts"][..., 0] * np.arange(144.0).reshape(12, 12))
+    head = model.get_layer("parts")
+    gradient = tape.gradient(loss, head.skip_project.kernel)
+    assert float(tf.reduce_max(tf.abs(gradient))) > 0
+    normals = model.predict(x, verbose=0)["normals"]
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=1e-5)
+
+
+def test_output_size_and_application_trunk_output():
+    keras.utils.set_random_seed(0)
+    model = mtk.build_multitask_model(
+        "mobilenet_v3_small", input_shape=(32, 32, 3), trunk_weights=None,
+        trunk_output="expanded_conv_2_add",
+        heads=[mtk.heads.Segmentation("seg", num_classes=2, output_size=(16, 16)),
+               mtk.heads.Binary("flag")])
+    assert model.trunk.output.shape[1:3] == (4, 4)
+    assert tuple(model.output["seg"].shape) == (None, 16, 16, 2)
+
+
+def test_heads_serialize():
+    for head in dense_heads()[:3]:
+        run_serialization_test(head)
+
+
+# === Bad input, before any training ===
+def test_ignore_label_inside_class_range():
+    with pytest.raises(ValueError, match="Head 'seg': ignore_label=2 is a real class"):
+        mtk.heads.Segmentation("seg", num_classes=3, ignore_label=2)
+
+
+def test_label_map_size_must_match_output():
+    model = dense_model()
+    x, y = first(dense_data(), 4)
+    y["depth"] = np.zeros((4, 10, 10), "float32")
+    with pytest.raises(ValueError, match=r"Head 'depth' .* label maps are \(10, 10\)"):
+        mtk.check_training_data(model, x, y)
+    model = mtk.build_multitask_model(
+        conv_trunk(), trunk_output="conv_b", trunk_weights=None,
+        heads=[mtk.heads.Segmentation("seg", num_classes=3, output_size=(6, 6))])
+    with pytest.raises(ValueError, match=r"Head 'seg' .* size \(6, 6\)"):
+        mtk.check_training_data(model, x, {"seg": np.zeros((4, 12, 12), "int64")})
+
+
+def test_label_value_error_names_pixel():
+    head = mtk.heads.Segmentation("seg", num_classes=3, output_size=(2, 2))
+    with pytest.raises(mtk.heads.LabelValueError,
+                       match=r"label 7 at example 0, pixel \(1, 0\)"):
+        head.check_label_values(np.array([[[0, 255], [7, 1]]]))
+
+
+def test_dense_head_on_vector_trunk():
+    with pytest.raises(ValueError, match=r"Head 'depth' \(DenseRegression\).*"
+                       r"trunk_output.*\['conv_a', 'conv_b'\]"):
+        mtk.build_multitask_model(
+            conv_trunk(), trunk_weights=None,
+            heads=[mtk.heads.DenseRegression("depth")])
+
+
+def test_unknown_skip_layer_lists_feature_maps():
+    with pytest.raises(ValueError, match=r"Head 'seg': skip='conv_z'.*"
+                       r"\['conv_a', 'conv_b'\]"):
+        mtk.build_multitask_model(
+            conv_trunk(), trunk_output="conv_b", trunk_weights=None,
+            heads=[mtk.heads.Segmentation("seg", num_classes=2, skip="conv_z")])
+
+
+def test_pooled_sharing_refuses_dense_heads():
+    with pytest.raises(ValueError, match=r"MMoE.*dense heads \['depth'\]"):
+        mtk.build_multitask_model(
+            conv_trunk(), trunk_output="conv_b", trunk_weights=None,
+            sharing=mtk.sharing.MMoE(num_experts=2, expert_units=(4,)),
+            heads=[mtk.heads.DenseRegression("depth"), mtk.heads.Binary("flag")])
+
+
+# === Training, saving, export ===
+def test_trains_and_reports_metrics(trained):
+    model, x, y = trained
+    report = mtk.evaluation.evaluate_heads(
+        model, tf.data.Dataset.from_tensor_slices((x, y)).batch(4))
+    assert set(report["parts"]) == {"loss", "miou", "pixel_accuracy"}
+    assert set(report["depth"]) == {"loss", "abs_error", "rel_error"}
+    assert "angle_median" in report["normals"]
+    assert all(np.isfinite(v) for r in report.values() for v in r.values())
+
+
+def test_keras_round_trip(trained, tmp_path):
+    model, x, _ = trained
+    loaded = run_model_saving_test(model, x, str(tmp_path / "dense.keras"))
+    assert loaded.get_layer("parts").skip == "conv_a"
+
+
+def test_export_signature_and_tflite(trained, tmp_path):
+    model, x, _ = trained
+    path = mtk.export_saved_model(model, str(tmp_path / "serving"), version=1)
+    outputs = tf.saved_model.load(path).signatures["serving_default"].structured_outputs
+    assert {k: tuple(v.shape) for k, v in outputs.items() if k != "item_class_id"} == {
+        "parts": (None, 12, 12, 3), "depth": (None, 12, 12, 1),
+        "normals": (None, 12, 12, 3), "item": (None, 2)}
+    tflite = mtk.export_tflite(model, str(tmp_path / "m.tflite"))
+    runner = tf.lite.Interpreter(model_path=tflite).get_signature_runner()
+    got = runner(inputs=x[:1])
+    expected = model.predict(x[:1], verbose=0)
+    for name in ("parts", "depth", "normals"):
+        np.testing.assert_allclose(got[name], expected[name], atol=1e-4)
+
+
+MIRRORED = """
+import keras, numpy as np, tensorflow as tf, mtk
+from test_dense import conv_trunk, dense_heads, dense_data
+
+def run(strategy):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        trunk = conv_trunk()
+    model = mtk.build_multitask_model(
+        trunk, heads=dense_heads(), trunk_output="conv_b", trunk_weights=None,
+        freeze_trunk=False, strategy=strategy, optimizer=keras.optimizers.SGD(0.1))
+    x, y = dense_data()
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    logs = model.fit(ds, epochs=1, verbose=0).history
+    return {k: v[0] for k, v in logs.items()}, [w.tolist() for w in model.get_weights()]
+
+one, w_one = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
+two, w_two = run(mtk.distribute.get_strategy(
+    "mirrored", devices=["/cpu:0", "/cpu:1"], verbose=False))
+gap = max(float(np.max(np.abs(np.array(a) - np.array(b)))) for a, b in zip(w_one, w_two))
+report({"one": one, "two": two, "gap": gap})
+"""
+
+
+def test_mirrored_two_cpus_matches_one_device(tmp_path):
+    result = run_python(MIRRORED, tmp_path, logical_cpus=2)
+    for key in ("loss", "parts_loss", "depth_loss", "normals_loss", "parts_miou"):
+        assert result["two"][key] == pytest.approx(result["one"][key], rel=1e-4), key
+    assert result["gap"] < 1e-5
