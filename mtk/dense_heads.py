@@ -83,6 +83,8 @@ class DenseHead(Head):
 
     # Read by the model: this head reads the trunk's feature map.
     reads_feature_map = True
+    # Set below, once the metric names are defined.
+    metric_directions = {}
 
     def __init__(
         self,
@@ -159,6 +161,16 @@ class DenseHead(Head):
             )
         self.output_size = (int(input_shape[0]), int(input_shape[1]))
 
+    def _size(self):
+        if self.output_size is None:
+            raise ValueError(
+                f"Head {self.name!r} ({type(self).__name__}): its label maps "
+                "have the model input's size, unknown until the head is in a "
+                "model; give output_size=(height, width) or pass the model "
+                "(not the heads) where labels are prepared (heads=model)."
+            )
+        return tuple(self.output_size)
+
     def _split(self, inputs):
         if isinstance(inputs, (list, tuple)):
             return inputs[0], (inputs[1] if len(inputs) > 1 else None)
@@ -227,7 +239,7 @@ class DenseHead(Head):
     # === Labels ===
     def check_label_spec(self, shape, dtype):
         shape = tuple(shape)
-        if len(shape) >= 2 and shape[:2] != tuple(self.output_size):
+        if len(shape) >= 2 and shape[:2] != self._size():
             raise ValueError(
                 f"Head {self.name!r} ({type(self).__name__}) predicts maps of "
                 f"size {tuple(self.output_size)} (the input's resolution or "
@@ -348,6 +360,9 @@ class Segmentation(DenseHead):
     def default_loss_name(self):
         return "sparse_categorical_crossentropy"
 
+    def delta_m_metrics(self):
+        return ("miou", "pixel_accuracy")
+
     def default_metrics(self):
         return [
             keras.metrics.MeanIoU(
@@ -358,7 +373,7 @@ class Segmentation(DenseHead):
         ]
 
     def label_shapes(self):
-        size = tuple(self.output_size)
+        size = self._size()
         return (size, size + (1,))
 
     def label_contract(self):
@@ -495,6 +510,11 @@ class DenseRegression(DenseHead):
     def default_loss_name(self):
         return self.loss
 
+    def delta_m_metrics(self):
+        if self.directional:
+            return tuple(m.name for m in angle_metrics())
+        return ("abs_error", "rel_error")
+
     def default_metrics(self):
         if self.directional:
             return angle_metrics()
@@ -514,7 +534,7 @@ class DenseRegression(DenseHead):
         ]
 
     def label_shapes(self):
-        size = tuple(self.output_size)
+        size = self._size()
         shapes = (size + (self.channels,),)
         return shapes + (size,) if self.channels == 1 else shapes
 
@@ -778,7 +798,6 @@ def angle_metrics():
 
 # Whether larger is better, for each metric a dense head reports (Δm).
 METRIC_HIGHER_IS_BETTER = {
-    "loss": False,
     "miou": True,
     "pixel_accuracy": True,
     "abs_error": False,
@@ -787,6 +806,7 @@ METRIC_HIGHER_IS_BETTER = {
     "angle_median": False,
     **{f"within_{_metric_suffix(t)}": True for t in ANGLE_THRESHOLDS},
 }
+DenseHead.metric_directions = METRIC_HIGHER_IS_BETTER
 
 
 # === Wiring: what each head reads ===

@@ -37,6 +37,14 @@ from mtk.losses import MaskedMetric
 
 RESERVED_NAMES = ("trunk", "pooling", "sharing", "task_attention", "trunk_tail")
 
+# Whether larger is better, for the metrics mtk's heads report (Δm's sign).
+METRIC_HIGHER_IS_BETTER = {
+    "loss": False,
+    "accuracy": True,
+    "auc": True,
+    "mae": False,
+}
+
 
 class LabelValueError(ValueError):
     """A label value that its head cannot train on (raised before training).
@@ -170,6 +178,32 @@ class Head(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_units,)
+
+    # Further metric directions a head kind adds to METRIC_HIGHER_IS_BETTER.
+    metric_directions = {}
+
+    def metric_higher_is_better(self, metric):
+        """Whether larger values of this head's metric ``metric`` are better.
+
+        Example:
+
+        >>> mtk.heads.Regression("price").metric_higher_is_better("mae")
+        False
+        """
+        directions = {**METRIC_HIGHER_IS_BETTER, **self.metric_directions}
+        if metric == self.primary_metric:
+            return bool(self.primary_metric_higher_is_better)
+        if metric not in directions:
+            raise ValueError(
+                f"Head {self.name!r} ({type(self).__name__}): the direction of "
+                f"metric {metric!r} is unknown (known: {sorted(directions)}); "
+                "say it with higher_is_better=."
+            )
+        return directions[metric]
+
+    def delta_m_metrics(self):
+        """The metrics Δm averages for this head: its primary metric."""
+        return (self.primary_metric,)
 
     # === Training contract ===
     def get_loss(self):

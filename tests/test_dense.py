@@ -305,3 +305,132 @@ def test_mirrored_two_cpus_matches_one_device(tmp_path):
     for key in ("loss", "parts_loss", "depth_loss", "normals_loss", "parts_miou"):
         assert result["two"][key] == pytest.approx(result["one"][key], rel=1e-4), key
     assert result["gap"] < 1e-5
+
+
+def test_delta_m_over_dense_metrics_with_directions():
+    model = dense_model()
+    report = {
+        "parts": {"miou": 0.6, "pixel_accuracy": 0.9},
+        "depth": {"abs_error": 0.4, "rel_error": 0.2},
+        "normals": {"angle_mean": 20.0, "angle_median": 15.0,
+                    "within_11_25": 0.4, "within_22_5": 0.6, "within_30": 0.7},
+        "item": {"accuracy": 0.8},
+    }
+    baselines = {
+        "parts": {"miou": 0.5, "pixel_accuracy": 0.9},   # +20 %, 0
+        "depth": {"abs_error": 0.5, "rel_error": 0.2},   # +20 % (lower), 0
+        "normals": {"angle_mean": 25.0, "angle_median": 15.0,  # +20 %, 0
+                    "within_11_25": 0.5, "within_22_5": 0.6, "within_30": 0.7},  # -20 %
+        "item": {"accuracy": 0.8},
+    }
+    gain, terms = mtk.evaluation.delta_m_of_reports(report, baselines, model)
+    assert len(terms) == 2 + 2 + 5 + 1
+    assert terms["depth/abs_error"][2] is False and terms["parts/miou"][2] is True
+    assert gain == pytest.approx(100 * (0.2 + 0.2 + 0.2 - 0.2) / 10)
+    with pytest.raises(ValueError, match="baselines lacks metric 'miou' of head 'parts'"):
+        mtk.evaluation.delta_m_of_reports(
+            report, {**baselines, "parts": {}}, model)
+
+
+# === Data: MultiFashion dense config, TFDS mappings, joint augmentation ===
+def multi_fashion_dense_model():
+    inputs = keras.Input((36, 36, 1))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="c1")(inputs)
+    trunk = keras.Model(inputs, x, name="tiny")
+    return mtk.build_multitask_model(
+        trunk, heads=mtk.data.multi_fashion_dense_heads(decoder_filters=4),
+        trunk_weights=None)
+
+
+def test_multi_fashion_dense_config(tmp_path):
+    import tensorflow_datasets as tfds
+
+    model = multi_fashion_dense_model()
+    ds = mtk.data.from_tfds(
+        "multi_fashion", split="train", heads=model,
+        tasks=mtk.data.multi_fashion.DENSE_TASKS, data_dir=str(tmp_path),
+        batch_size=6, builder_kwargs={"config": mtk.data.MultiFashionConfig(
+            name="dense_test", train_size=6, test_size=2, dense=True)})
+    x, y = next(iter(ds))
+    assert y["segmentation"].shape == (6, 36, 36) and y["layers"].shape == (6, 36, 36, 2)
+    image, seg = x.numpy()[..., 0], y["segmentation"].numpy()
+    layers = np.round(y["layers"].numpy() * 255)
+    np.testing.assert_array_equal(layers.max(-1), image)   # the overlay is the max
+    np.testing.assert_array_equal(seg == 0, image == 0)    # background
+    for i in range(6):
+        left, right = int(y["left"][i]) + 1, int(y["right"][i]) + 1
+        top = np.where(layers[i, ..., 0] >= layers[i, ..., 1], left, right)
+        np.testing.assert_array_equal(seg[i][image[i] > 0], top[image[i] > 0])
+    model.fit(ds, epochs=1, verbose=0)
+    assert tfds.builder("multi_fashion", data_dir=str(tmp_path), config=mtk.data.MultiFashionConfig(
+        name="dense_test", train_size=6, test_size=2, dense=True)).info.features["layers"].shape == (36, 36, 2)
+
+
+def test_nyu_depth_v2_mapping_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    head = mtk.heads.DenseRegression("depth", output_size=(24, 32))
+    with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
+        raw = next(iter(tfds.load("nyu_depth_v2", split="train")))
+        ds = mtk.data.from_tfds(
+            "nyu_depth_v2", tasks=mtk.data.NYU_DEPTH_V2_TASKS, heads=[head],
+            image_size=(24, 32), batch_size=2)
+        x, y = next(iter(ds))
+    assert x.shape == (2, 24, 32, 3) and y["depth"].shape == (2, 24, 32, 1)
+    assert y["depth"].dtype == tf.float32 and raw["depth"].shape == (480, 640)
+    head.check_label_values(y["depth"].numpy())
+
+
+def test_cityscapes_mapping_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    head = mtk.heads.Segmentation(
+        "segmentation", num_classes=19, output_size=(16, 32),
+        class_names=list(mtk.data.CITYSCAPES_CLASS_NAMES))
+    with tfds.testing.mock_data(num_examples=1, policy=tfds.testing.MockPolicy.USE_CODE):
+        raw = next(iter(tfds.load("cityscapes/semantic_segmentation", split="train")))
+        x, y = next(iter(mtk.data.from_tfds(
+            "cityscapes/semantic_segmentation", inputs="image_left",
+            tasks=mtk.data.CITYSCAPES_TASKS, heads=[head], batch_size=1,
+            image_size=(16, 32))))
+    label_ids = raw["segmentation_label"].numpy()[..., 0]
+    got = mtk.data.dense.cityscapes_train_ids(raw).numpy()
+    expected = np.full(label_ids.shape, 255)
+    for label_id, train_id in {7: 0, 8: 1, 26: 13, 33: 18}.items():
+        expected[label_ids == label_id] = train_id
+    known = np.isin(label_ids, [7, 8, 26, 33]) | ~np.isin(
+        label_ids, list(mtk.data.dense._CITYSCAPES_TRAIN_IDS))
+    assert known.any() and (got[known] != 255).any()
+    np.testing.assert_array_equal(got[known], expected[known])
+    assert x.shape == (1, 16, 32, 3) and y["segmentation"].shape == (1, 16, 32)
+    head.check_label_values(y["segmentation"].numpy())
+
+
+def test_augmentation_flips_image_and_maps_together():
+    heads = [mtk.heads.Segmentation("seg", num_classes=20, output_size=(4, 5)),
+             mtk.heads.DenseRegression("normals", channels=3, output_size=(4, 5)),
+             mtk.heads.Binary("flag")]
+    augment = mtk.data.MapAugmentation(heads, negate_on_flip={"normals": 0}, seed=3)
+    ids = np.arange(20).reshape(4, 5)
+    image = tf.constant(ids[..., None], tf.float32)
+    normals = np.stack([ids, ids, ids], -1).astype("float32")
+    labels = {"seg": tf.constant(ids, tf.int64), "normals": tf.constant(normals),
+              "flag": tf.constant(1.0)}
+    flips = 0
+    for _ in range(16):
+        x, y = augment(image, labels)
+        np.testing.assert_array_equal(x.numpy()[..., 0], y["seg"].numpy())
+        flipped = not np.array_equal(y["seg"].numpy(), ids)
+        flips += flipped
+        sign = -1.0 if flipped else 1.0
+        np.testing.assert_array_equal(y["normals"][..., 0], sign * x.numpy()[..., 0])
+        np.testing.assert_array_equal(y["normals"][..., 1], x.numpy()[..., 0])
+        assert float(y["flag"]) == 1.0
+    assert 0 < flips < 16
+    crop = mtk.data.MapAugmentation(heads, flip=False, crop_scale=(0.5, 0.5), seed=0)
+    x, y = crop(image, {**labels, "normals": tf.where(
+        tf.constant(ids[..., None] == 7), np.nan, normals)})
+    assert y["seg"].shape == (4, 5) and x.shape == (4, 5, 1)
+    assert set(np.unique(y["seg"])) <= set(range(20))   # nearest: ids stay ids
+    with pytest.raises(ValueError, match=r"negate_on_flip\['seg'\]"):
+        mtk.data.MapAugmentation(heads, negate_on_flip={"seg": 0})

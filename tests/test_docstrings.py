@@ -16,6 +16,7 @@ from conftest import minilm_dir
 from conftest import IMAGE_SHAPE
 
 MODULES = [
+    "mtk.data.dense",
     "mtk.data.fashion_mnist",
     "mtk.dense_heads",
     "mtk.data.fashion_trunk",
