@@ -434,3 +434,20 @@ def test_augmentation_flips_image_and_maps_together():
     assert set(np.unique(y["seg"])) <= set(range(20))   # nearest: ids stay ids
     with pytest.raises(ValueError, match=r"negate_on_flip\['seg'\]"):
         mtk.data.MapAugmentation(heads, negate_on_flip={"seg": 0})
+
+
+@pytest.mark.parametrize("method", ["gradnorm", "pcgrad"])
+def test_balancing_methods_train_dense_heads(method):
+    """Gradients at the feature map (GradNorm) and per-task trunk gradients."""
+    keras.utils.set_random_seed(0)
+    model = mtk.build_multitask_model(
+        conv_trunk(), trunk_output="conv_b", trunk_weights=None,
+        freeze_trunk=False, loss_weighting=method,
+        heads=[mtk.heads.Segmentation("parts", num_classes=3, decoder_filters=4),
+               mtk.heads.Classification("item", num_classes=2)])
+    x, y = first(dense_data(), 8)
+    y = {"parts": y["parts"], "item": y["item"]}
+    before = model.trunk.get_layer("conv_b").kernel.numpy().copy()
+    logs = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert all(np.isfinite(v[0]) for v in logs.values())
+    assert not np.array_equal(before, model.trunk.get_layer("conv_b").kernel.numpy())
