@@ -47,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from mtk.heads import Classification
 from mtk.heads import Head
 from mtk.heads import Regression
 from mtk.heads import _as_list
@@ -293,8 +294,9 @@ class Segmentation(DenseHead):
     """Semantic segmentation: a class per pixel (softmax over the classes).
 
     Labels are maps of class ids, shape ``(H, W)`` or ``(H, W, 1)``;
-    ``ignore_label`` marks an unlabelled pixel (a map of only
-    ``ignore_label`` is a missing map: it costs nothing). The loss is the
+    ``ignore_label`` marks an unlabelled pixel (so does NaN in a float map);
+    a map of only ``ignore_label`` is a missing map: it costs nothing. The
+    loss is the
     cross-entropy averaged over labelled pixels; metrics are ``miou`` and
     ``pixel_accuracy`` (see the module docstring).
 
@@ -376,35 +378,17 @@ class Segmentation(DenseHead):
         size = self._size()
         return (size, size + (1,))
 
-    def label_contract(self):
-        return (
-            f"labels are class ids in [0, {self.num_classes}), "
-            f"{self.ignore_label} for an unlabelled pixel"
-        )
+    # The label-value contract of Classification, per pixel, with
+    # ignore_label as the missing id (NaN in a float map is missing too).
+    _missing_words = "an unlabelled pixel"
+    label_contract = Classification.label_contract
+    _invalid_labels = Classification._invalid_labels
+    _valid_label_tensor = Classification._valid_label_tensor
+    _label_problem = Classification._label_problem
 
-    def _invalid_labels(self, labels):
-        valid = ((labels >= 0) & (labels < self.num_classes)) | (
-            labels == self.ignore_label
-        )
-        if labels.dtype.kind == "f":
-            valid &= labels == np.floor(labels)
-        return ~valid
-
-    def _valid_label_tensor(self, labels):
-        valid = ((labels >= 0) & (labels < self.num_classes)) | tf.equal(
-            labels, tf.cast(self.ignore_label, labels.dtype)
-        )
-        if labels.dtype.is_floating:
-            valid &= tf.equal(labels, tf.floor(labels))
-        return valid
-
-    def _label_problem(self, value):
-        if not float(value).is_integer():
-            return f"is not a whole number; {self.label_contract()}."
-        return (
-            f"is not a class id in [0, {self.num_classes}); use "
-            f"ignore_label={self.ignore_label} for an unlabelled pixel."
-        )
+    @property
+    def _missing_id(self):
+        return self.ignore_label
 
     def get_config(self):
         config = super().get_config()

@@ -542,6 +542,27 @@ class StepTimer(keras.callbacks.Callback):
 # === Plots ===
 
 
+def inference_seconds(model, x, batch_size=256, repeats=3):
+    """Median wall time of ``model.predict(x)`` over ``repeats`` runs.
+
+    One short prediction first traces the function, so tracing is not
+    timed; the median is robust to other jobs sharing the machine.
+
+    Example:
+
+    >>> seconds = mtk.evaluation.inference_seconds(model, np.zeros((8, 32, 32, 3)))
+    >>> seconds > 0
+    True
+    """
+    model.predict(x[:batch_size], batch_size=batch_size, verbose=0)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.predict(x, batch_size=batch_size, verbose=0)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def _figure(rows, cols, width=4.0, height=3.0):
     # A bare Figure with an Agg canvas: no pyplot state, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -474,35 +474,41 @@ class Classification(Head):
     def label_shapes(self):
         return ((), (1,))
 
+    # The class id that marks a missing label, and what it marks (the
+    # contract below also serves `Segmentation`, whose id is ignore_label).
+    _missing_id = -1
+    _missing_words = "a missing label"
+
     def label_contract(self):
         return (
-            f"class ids are whole numbers in [0, {self.num_classes}), -1 for "
-            "a missing label"
+            f"class ids are whole numbers in [0, {self.num_classes}), "
+            f"{self._missing_id} for {self._missing_words}"
         )
 
     def _invalid_labels(self, labels):
         in_range = (labels >= 0) & (labels < self.num_classes)
         if labels.dtype.kind == "i":
-            return ~(in_range | (labels == -1))
+            return ~(in_range | (labels == self._missing_id))
         # In a float array of class ids NaN marks a missing label too.
         whole = labels == np.floor(labels)
-        return ~((whole & in_range) | (labels == -1) | np.isnan(labels))
+        return ~(
+            (whole & in_range) | (labels == self._missing_id) | np.isnan(labels)
+        )
 
     def _valid_label_tensor(self, labels):
         in_range = (labels >= 0) & (labels < self.num_classes)
+        missing = tf.equal(labels, tf.cast(self._missing_id, labels.dtype))
         if labels.dtype.is_integer:
-            return in_range | tf.equal(labels, -1)
+            return in_range | missing
         whole = tf.equal(labels, tf.floor(labels))
-        return (
-            (whole & in_range) | tf.equal(labels, -1) | tf.math.is_nan(labels)
-        )
+        return (whole & in_range) | missing | tf.math.is_nan(labels)
 
     def _label_problem(self, value):
         if not float(value).is_integer():
             return f"is not a whole number; {self.label_contract()}."
         return (
-            f"is not a class id in [0, {self.num_classes}); use -1 for a "
-            "missing label."
+            f"is not a class id in [0, {self.num_classes}); use "
+            f"{self._missing_id} for {self._missing_words}."
         )
 
     def get_config(self):
