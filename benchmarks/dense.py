@@ -26,8 +26,9 @@ Then the decoder's cost: the median training step of the same trunk with
 two image-level heads, and with the two dense heads added, on random data
 (``--cost-rounds`` rounds, interleaved).
 
-    .venv/bin/python benchmarks/dense.py                   # ~10 min on 2 cores
+    .venv/bin/python benchmarks/dense.py                   # ~9 min on 2 cores
     .venv/bin/python benchmarks/dense.py --seeds 1 --train-size 500
+    .venv/bin/python benchmarks/dense.py --cost-only --cost-rounds 5
 """
 
 import argparse
@@ -69,6 +70,8 @@ def parse_args():
     parser.add_argument("--source-examples", type=int, default=20_000)
     parser.add_argument("--data-dir", default="runs/tfds")
     parser.add_argument("--cost-rounds", type=int, default=3)
+    parser.add_argument("--cost-only", action="store_true",
+                        help="skip the MultiFashion quality runs")
     return parser.parse_args()
 
 
@@ -156,6 +159,9 @@ def cost_table(args):
 
 def main():
     args = parse_args()
+    if args.cost_only:
+        cost_table(args)
+        return
     data = mtk.data.load_multi_fashion(args.train_size, args.test_size,
                                        data_dir=args.data_dir, dense=True)
     work = tempfile.mkdtemp(prefix="mtk_dense_")

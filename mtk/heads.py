@@ -16,6 +16,10 @@ Kinds and their missing-label sentinels:
 | `MultiLabel`     | 0./1., (num_labels,)   | NaN     |
 | `Regression`     | float, (units,)        | NaN     |
 
+Dense heads (`Segmentation`, `DenseRegression`, defined in `mtk.dense_heads`)
+predict a map per example and read the trunk's feature map; their labels are
+maps with a sentinel per pixel (ignore_label, NaN).
+
 Each head also owns the contract of its label *values* (`Head.check_label_values`
 on numpy arrays before training, `Head.labels_valid` on a batch tensor inside a
 training step): class ids are whole numbers in ``[0, num_classes)`` or -1 (a

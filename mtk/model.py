@@ -2,7 +2,8 @@
 
 A `MultiTaskModel` is a functional `keras.Model`: raw input ->
 preprocessing -> the trunk (one nested layer named ``"trunk"``) -> pooled
-features -> one head per task. Its outputs are a dict keyed by head name.
+features -> one head per task (dense heads, `mtk.dense_heads`, read the
+trunk's feature map instead). Its outputs are a dict keyed by head name.
 ``model.trunk``, ``model.heads`` (dict by name) and ``model.loss_weighting``
 are its parts; `mtk.build_multitask_model` resolves them from short names.
 
