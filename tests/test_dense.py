@@ -451,3 +451,23 @@ def test_balancing_methods_train_dense_heads(method):
     logs = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history
     assert all(np.isfinite(v[0]) for v in logs.values())
     assert not np.array_equal(before, model.trunk.get_layer("conv_b").kernel.numpy())
+
+
+def test_tuning_score_chance_levels_of_dense_heads():
+    model = dense_model()
+    x, y = dense_data()
+    with pytest.raises(Exception, match=r"Head 'normals': no chance level .*angle_mean"):
+        mtk.tuning.score_references(model, validation_data=(x, y))
+    heads = [h for h in dense_heads() if h.name != "normals"]
+    keras.utils.set_random_seed(0)
+    model = mtk.build_multitask_model(
+        conv_trunk(), heads=heads, trunk_output="conv_b", trunk_weights=None)
+    y = {k: v for k, v in y.items() if k != "normals"}
+    y["item"] = np.arange(8) % 2
+    refs = {r.head: r for r in mtk.tuning.score_references(model, validation_data=(x, y))}
+    parts = y["parts"][(y["parts"] != 255)]
+    counts = np.bincount(parts)
+    assert refs["parts"].reference == pytest.approx(counts.max() / parts.size / 3)
+    assert refs["parts"].log_name == "parts_miou" and refs["parts"].perfect == 1.0
+    assert refs["depth"].log_name == "depth_abs_error" and not refs["depth"].higher_is_better
+    assert refs["depth"].reference > 0
