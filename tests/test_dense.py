@@ -1,6 +1,5 @@
 """Dense heads: Segmentation and DenseRegression on a feature-map trunk."""
 
-
 import keras
 import numpy as np
 import pytest
