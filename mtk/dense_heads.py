@@ -52,6 +52,7 @@ from mtk.heads import Head
 from mtk.heads import Regression
 from mtk.heads import _as_list
 from mtk.heads import _check_names
+from mtk.heads import _check_num_classes
 from mtk.losses import MaskedMetric
 from mtk.trunks import POOLING_NAME
 from mtk.trunks import Trunk
@@ -323,14 +324,7 @@ class Segmentation(DenseHead):
     def __init__(
         self, name, num_classes, ignore_label=255, class_names=None, **kwargs
     ):
-        if (
-            isinstance(num_classes, bool) or not isinstance(num_classes, int)
-            or num_classes < 2
-        ):
-            raise ValueError(
-                f"Head {name!r}: num_classes must be an integer >= 2, got "
-                f"{num_classes!r}."
-            )
+        _check_num_classes(name, num_classes)
         if isinstance(ignore_label, bool) or not isinstance(
             ignore_label, (int, np.integer)
         ):

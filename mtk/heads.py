@@ -417,6 +417,14 @@ def _as_list(names):
     return None if names is None else list(names)
 
 
+def _check_num_classes(head_name, num_classes, hint=""):
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(
+            f"Head {head_name!r}: num_classes must be an integer >= 2, got "
+            f"{num_classes!r}{hint}."
+        )
+
+
 def _check_names(head_name, names, count, argument, count_argument):
     if names is None:
         return None
@@ -454,11 +462,7 @@ class Classification(Head):
     primary_metric = "accuracy"
 
     def __init__(self, name, num_classes, class_names=None, **kwargs):
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(
-                f"Head {name!r}: num_classes must be an integer >= 2, got "
-                f"{num_classes!r} (use Binary for a yes/no task)."
-            )
+        _check_num_classes(name, num_classes, " (use Binary for a yes/no task)")
         self.num_classes = num_classes
         self.class_names = _check_names(
             name, class_names, num_classes, "class_names", "num_classes"
