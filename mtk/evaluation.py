@@ -223,6 +223,66 @@ def delta_m(metrics, baselines, higher_is_better):
     return 100.0 * float(np.mean(gains))
 
 
+def delta_m_of_reports(report, baselines, model, metrics=None):
+    """Δm over several metrics per head, each with its own direction.
+
+    Dense tasks are judged on several metrics (segmentation: mIoU and pixel
+    accuracy; depth: absolute and relative error; normals: angle mean,
+    median and shares within 11.25/22.5/30°): as in Vandenhende et al.,
+    every metric is one term of `delta_m`, signed by whether it is better
+    high or low (`mtk.heads.Head.metric_higher_is_better`).
+
+    Args:
+        report: the multi-task model's `evaluate_heads` report.
+        baselines: ``{head: {metric: value}}`` of the single-task models
+            (e.g. each from its own `evaluate_heads`).
+        model: the multi-task model (its heads give the metrics'
+            directions).
+        metrics: ``{head: [metric names]}``; by default each head's
+            `Head.delta_m_metrics` (its primary metric for image-level
+            heads).
+
+    Returns:
+        ``(delta_m, terms)``: Δm in percent, and the ``{"head/metric":
+        (value, baseline, higher_is_better)}`` it averaged.
+
+    Example:
+
+    >>> model = mtk.build_multitask_model(
+    ...     keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)]),
+    ...     heads=[mtk.heads.Binary("flag"), mtk.heads.Regression("price")],
+    ...     trunk_weights=None)
+    >>> gain, _ = mtk.evaluation.delta_m_of_reports(
+    ...     {"flag": {"accuracy": 0.9}, "price": {"mae": 2.0}},
+    ...     {"flag": {"accuracy": 0.8}, "price": {"mae": 2.5}}, model)
+    >>> round(gain, 4)
+    16.25
+    """
+    heads = heads_of(model)
+    if metrics is None:
+        metrics = {name: head.delta_m_metrics() for name, head in heads.items()}
+    values, base, directions = {}, {}, {}
+    for name, names in metrics.items():
+        if name not in heads:
+            raise ValueError(
+                f"metrics names head {name!r}, which the model lacks; its "
+                f"heads are {sorted(heads)}."
+            )
+        for metric in names:
+            for what, source in (("report", report), ("baselines", baselines)):
+                if metric not in source.get(name, {}):
+                    raise ValueError(
+                        f"{what} lacks metric {metric!r} of head {name!r}; it "
+                        f"has {sorted(source.get(name, {}))}."
+                    )
+            key = f"{name}/{metric}"
+            values[key] = report[name][metric]
+            base[key] = baselines[name][metric]
+            directions[key] = heads[name].metric_higher_is_better(metric)
+    terms = {k: (values[k], base[k], directions[k]) for k in values}
+    return delta_m(values, base, directions), terms
+
+
 def confusion_matrices(model, dataset):
     """Confusion matrices of the Classification and Binary heads.
 
@@ -480,6 +540,27 @@ class StepTimer(keras.callbacks.Callback):
 
 
 # === Plots ===
+
+
+def inference_seconds(model, x, batch_size=256, repeats=3):
+    """Median wall time of ``model.predict(x)`` over ``repeats`` runs.
+
+    One short prediction first traces the function, so tracing is not
+    timed; the median is robust to other jobs sharing the machine.
+
+    Example:
+
+    >>> seconds = mtk.evaluation.inference_seconds(model, np.zeros((8, 32, 32, 3)))
+    >>> seconds > 0
+    True
+    """
+    model.predict(x[:batch_size], batch_size=batch_size, verbose=0)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.predict(x, batch_size=batch_size, verbose=0)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def _figure(rows, cols, width=4.0, height=3.0):

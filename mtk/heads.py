@@ -16,6 +16,10 @@ Kinds and their missing-label sentinels:
 | `MultiLabel`     | 0./1., (num_labels,)   | NaN     |
 | `Regression`     | float, (units,)        | NaN     |
 
+Dense heads (`Segmentation`, `DenseRegression`, defined in `mtk.dense_heads`)
+predict a map per example and read the trunk's feature map; their labels are
+maps with a sentinel per pixel (ignore_label, NaN).
+
 Each head also owns the contract of its label *values* (`Head.check_label_values`
 on numpy arrays before training, `Head.labels_valid` on a batch tensor inside a
 training step): class ids are whole numbers in ``[0, num_classes)`` or -1 (a
@@ -36,6 +40,14 @@ from mtk.losses import MaskedLoss
 from mtk.losses import MaskedMetric
 
 RESERVED_NAMES = ("trunk", "pooling", "sharing", "task_attention", "trunk_tail")
+
+# Whether larger is better, for the metrics mtk's heads report (Δm's sign).
+METRIC_HIGHER_IS_BETTER = {
+    "loss": False,
+    "accuracy": True,
+    "auc": True,
+    "mae": False,
+}
 
 
 class LabelValueError(ValueError):
@@ -132,14 +144,17 @@ class Head(keras.layers.Layer):
         self.dropout = dropout
         self.hidden_activation = hidden_activation
 
+        self._make_layers()
+
+    def _make_layers(self):
         # === Layers ===
         self.hidden_layers = [
             keras.layers.Dense(
-                units, activation=hidden_activation, name=f"hidden_{i}"
+                units, activation=self.hidden_activation, name=f"hidden_{i}"
             )
-            for i, units in enumerate(hidden_units)
+            for i, units in enumerate(self.hidden_units)
         ]
-        self.dropout_layer = keras.layers.Dropout(dropout, name="dropout")
+        self.dropout_layer = keras.layers.Dropout(self.dropout, name="dropout")
         self.output_dense = keras.layers.Dense(
             self.output_units,
             activation=self.output_activation,
@@ -168,10 +183,36 @@ class Head(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_units,)
 
+    # Further metric directions a head kind adds to METRIC_HIGHER_IS_BETTER.
+    metric_directions = {}
+
+    def metric_higher_is_better(self, metric):
+        """Whether larger values of this head's metric ``metric`` are better.
+
+        Example:
+
+        >>> mtk.heads.Regression("price").metric_higher_is_better("mae")
+        False
+        """
+        directions = {**METRIC_HIGHER_IS_BETTER, **self.metric_directions}
+        if metric == self.primary_metric:
+            return bool(self.primary_metric_higher_is_better)
+        if metric not in directions:
+            raise ValueError(
+                f"Head {self.name!r} ({type(self).__name__}): the direction of "
+                f"metric {metric!r} is unknown (known: {sorted(directions)}); "
+                "say it with higher_is_better=."
+            )
+        return directions[metric]
+
+    def delta_m_metrics(self):
+        """The metrics Δm averages for this head: its primary metric."""
+        return (self.primary_metric,)
+
     # === Training contract ===
     def get_loss(self):
         """A fresh masked loss object for this head."""
-        return MaskedLoss(self.default_loss_name(), label_kind=self.label_kind)
+        return MaskedLoss(self.default_loss_name(), **self._masking())
 
     def get_metrics(self, extra=()):
         """Fresh masked metric objects for this head.
@@ -188,10 +229,11 @@ class Head(keras.layers.Layer):
                     f"keras.metrics.Metric objects, got {metric!r}."
                 )
             metrics.append(metric)
-        return [
-            MaskedMetric(metric, label_kind=self.label_kind)
-            for metric in metrics
-        ]
+        return [MaskedMetric(metric, **self._masking()) for metric in metrics]
+
+    def _masking(self):
+        """How this head's labels mark a missing label (`mtk.losses`)."""
+        return {"label_kind": self.label_kind}
 
     def default_loss_name(self):
         raise NotImplementedError
@@ -281,12 +323,7 @@ class Head(keras.layers.Layer):
         index = tuple(int(i) for i in np.argwhere(invalid)[0])
         count = int(np.count_nonzero(invalid))
         value = labels[index]
-        position = f"example {index[0]}"
-        if len(index) > 1 and labels.shape[1:] != (1,):
-            position += f", entry {index[1]}"
-            names = self._entry_names()
-            if names is not None:
-                position += f" ({names[index[1]]!r})"
+        position = self._position(index, labels.shape)
         if where:
             position += f" {where}"
         if count > 1:
@@ -299,6 +336,16 @@ class Head(keras.layers.Layer):
             value=value.item(),
             index=index,
         )
+
+    def _position(self, index, shape):
+        """Where the bad label at ``index`` of an array of ``shape`` is."""
+        position = f"example {index[0]}"
+        if len(index) > 1 and shape[1:] != (1,):
+            position += f", entry {index[1]}"
+            names = self._entry_names()
+            if names is not None:
+                position += f" ({names[index[1]]!r})"
+        return position
 
     def labels_valid(self, labels):
         """A scalar boolean tensor: True when every label of the batch is valid.
@@ -370,6 +417,14 @@ def _as_list(names):
     return None if names is None else list(names)
 
 
+def _check_num_classes(head_name, num_classes, hint=""):
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(
+            f"Head {head_name!r}: num_classes must be an integer >= 2, got "
+            f"{num_classes!r}{hint}."
+        )
+
+
 def _check_names(head_name, names, count, argument, count_argument):
     if names is None:
         return None
@@ -407,11 +462,7 @@ class Classification(Head):
     primary_metric = "accuracy"
 
     def __init__(self, name, num_classes, class_names=None, **kwargs):
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(
-                f"Head {name!r}: num_classes must be an integer >= 2, got "
-                f"{num_classes!r} (use Binary for a yes/no task)."
-            )
+        _check_num_classes(name, num_classes, " (use Binary for a yes/no task)")
         self.num_classes = num_classes
         self.class_names = _check_names(
             name, class_names, num_classes, "class_names", "num_classes"
@@ -431,35 +482,41 @@ class Classification(Head):
     def label_shapes(self):
         return ((), (1,))
 
+    # The class id that marks a missing label, and what it marks (the
+    # contract below also serves `Segmentation`, whose id is ignore_label).
+    _missing_id = -1
+    _missing_words = "a missing label"
+
     def label_contract(self):
         return (
-            f"class ids are whole numbers in [0, {self.num_classes}), -1 for "
-            "a missing label"
+            f"class ids are whole numbers in [0, {self.num_classes}), "
+            f"{self._missing_id} for {self._missing_words}"
         )
 
     def _invalid_labels(self, labels):
         in_range = (labels >= 0) & (labels < self.num_classes)
         if labels.dtype.kind == "i":
-            return ~(in_range | (labels == -1))
+            return ~(in_range | (labels == self._missing_id))
         # In a float array of class ids NaN marks a missing label too.
         whole = labels == np.floor(labels)
-        return ~((whole & in_range) | (labels == -1) | np.isnan(labels))
+        return ~(
+            (whole & in_range) | (labels == self._missing_id) | np.isnan(labels)
+        )
 
     def _valid_label_tensor(self, labels):
         in_range = (labels >= 0) & (labels < self.num_classes)
+        missing = tf.equal(labels, tf.cast(self._missing_id, labels.dtype))
         if labels.dtype.is_integer:
-            return in_range | tf.equal(labels, -1)
+            return in_range | missing
         whole = tf.equal(labels, tf.floor(labels))
-        return (
-            (whole & in_range) | tf.equal(labels, -1) | tf.math.is_nan(labels)
-        )
+        return (whole & in_range) | missing | tf.math.is_nan(labels)
 
     def _label_problem(self, value):
         if not float(value).is_integer():
             return f"is not a whole number; {self.label_contract()}."
         return (
-            f"is not a class id in [0, {self.num_classes}); use -1 for a "
-            "missing label."
+            f"is not a class id in [0, {self.num_classes}); use "
+            f"{self._missing_id} for {self._missing_words}."
         )
 
     def get_config(self):
@@ -882,3 +939,8 @@ def check_label_values(heads, labels, where=None):
     """
     for name, values in labels.items():
         heads[name].check_label_values(values, where=where)
+
+
+# Dense (per-pixel) heads live in their own module; they are heads too.
+from mtk.dense_heads import DenseRegression  # noqa: E402
+from mtk.dense_heads import Segmentation  # noqa: E402

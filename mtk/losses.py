@@ -7,7 +7,10 @@ label kind and every loss and metric here ignores them:
 - ``"class_id"`` labels (integer class ids, `Classification` heads): ``-1``
   (and NaN, when the class ids come as a float array, e.g. a pandas column
   with gaps).
-- ``"float"`` labels (`Binary`, `MultiLabel` entries, `Regression`): ``NaN``.
+- ``"float"`` labels (`Binary`, `MultiLabel` entries, `Regression`,
+  `DenseRegression` pixels): ``NaN``.
+- ``"class_id"`` labels with an ``ignore_label`` (`Segmentation` maps): that
+  label (255 by default) marks an unlabelled pixel.
 
 A missing label contributes no loss and no metric update; the loss of a batch
 is the mean over the labels that are present, so it does not shrink when a
@@ -47,7 +50,7 @@ def _check_label_kind(label_kind):
         )
 
 
-def split_missing(y_true, y_pred, label_kind):
+def split_missing(y_true, y_pred, label_kind, ignore_label=None):
     """Returns ``(clean_y_true, present)`` for a batch of labels.
 
     ``present`` is a float mask (1 = labelled, 0 = missing) with the shape of
@@ -58,6 +61,8 @@ def split_missing(y_true, y_pred, label_kind):
         y_true: labels, possibly with sentinels.
         y_pred: the head's predictions (used for shapes only).
         label_kind: ``"class_id"`` or ``"float"``.
+        ignore_label: for ``"class_id"`` labels, one more class id that
+            marks a missing label (a segmentation map's unlabelled pixels).
     """
     _check_label_kind(label_kind)
     y_pred = ops.convert_to_tensor(y_pred)
@@ -72,6 +77,10 @@ def split_missing(y_true, y_pred, label_kind):
             y_true = ops.where(ops.isnan(y_true), -1.0, y_true)
         y_true = ops.cast(y_true, "int32")
         present = ops.greater_equal(y_true, 0)
+        if ignore_label is not None:
+            present = ops.logical_and(
+                present, ops.not_equal(y_true, int(ignore_label))
+            )
         clean = ops.where(present, y_true, ops.zeros_like(y_true))
     else:
         y_true = ops.cast(y_true, y_pred.dtype)
@@ -83,7 +92,9 @@ def split_missing(y_true, y_pred, label_kind):
     return clean, ops.cast(present, y_pred.dtype)
 
 
-def masked_sum_and_count(loss, label_kind, y_true, y_pred, sample_weight=None):
+def masked_sum_and_count(
+    loss, label_kind, y_true, y_pred, sample_weight=None, ignore_label=None
+):
     """A batch's summed loss over present labels, and how many are present.
 
     The parts of a masked mean: a head's loss is ``sum / count``. Kept apart so
@@ -97,6 +108,7 @@ def masked_sum_and_count(loss, label_kind, y_true, y_pred, sample_weight=None):
         y_pred: the head's predictions.
         sample_weight: optional per-example weights; they scale each
             example's loss, not the count.
+        ignore_label: see `split_missing`.
 
     Returns:
         ``(sum, count)``: float32 scalars.
@@ -109,7 +121,7 @@ def masked_sum_and_count(loss, label_kind, y_true, y_pred, sample_weight=None):
     (4.0, 1.0)
     """
     y_pred = ops.cast(ops.convert_to_tensor(y_pred), "float32")
-    clean, present = split_missing(y_true, y_pred, label_kind)
+    clean, present = split_missing(y_true, y_pred, label_kind, ignore_label)
     values = ops.cast(_ELEMENTWISE_LOSSES[loss](clean, y_pred), "float32")
     weighted = values * present
     if sample_weight is not None:
@@ -137,6 +149,8 @@ class MaskedLoss(keras.losses.Loss):
             ``"sparse_categorical_crossentropy"``, ``"binary_crossentropy"``,
             ``"mean_squared_error"``, ``"mean_absolute_error"``, ``"huber"``.
         label_kind: ``"class_id"`` (sentinel -1) or ``"float"`` (sentinel NaN).
+        ignore_label: for ``"class_id"`` labels, a further sentinel (see
+            `split_missing`).
 
     Example:
 
@@ -145,7 +159,7 @@ class MaskedLoss(keras.losses.Loss):
     4.0
     """
 
-    def __init__(self, loss, label_kind, name=None, **kwargs):
+    def __init__(self, loss, label_kind, name=None, ignore_label=None, **kwargs):
         if loss not in _ELEMENTWISE_LOSSES:
             raise ValueError(
                 f"Unknown loss {loss!r}; expected one of "
@@ -155,11 +169,13 @@ class MaskedLoss(keras.losses.Loss):
         super().__init__(name=name or f"masked_{loss}", **kwargs)
         self.loss = loss
         self.label_kind = label_kind
+        self.ignore_label = ignore_label
 
     def sum_and_count(self, y_true, y_pred, sample_weight=None):
         """``(sum, count)`` of this loss over present labels."""
         return masked_sum_and_count(
-            self.loss, self.label_kind, y_true, y_pred, sample_weight
+            self.loss, self.label_kind, y_true, y_pred, sample_weight,
+            self.ignore_label,
         )
 
     def __call__(self, y_true, y_pred, sample_weight=None):
@@ -170,12 +186,16 @@ class MaskedLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         # Per-entry values for code that calls `call` directly (unreduced).
-        clean, present = split_missing(y_true, y_pred, self.label_kind)
+        clean, present = split_missing(
+            y_true, y_pred, self.label_kind, self.ignore_label
+        )
         return _ELEMENTWISE_LOSSES[self.loss](clean, y_pred) * present
 
     def get_config(self):
         config = super().get_config()
         config.update({"loss": self.loss, "label_kind": self.label_kind})
+        if self.ignore_label is not None:
+            config["ignore_label"] = self.ignore_label
         return config
 
 
@@ -190,6 +210,8 @@ class MaskedMetric(keras.metrics.Metric):
     Args:
         metric: a `keras.metrics.Metric` instance (or its serialized config).
         label_kind: ``"class_id"`` (sentinel -1) or ``"float"`` (sentinel NaN).
+        ignore_label: for ``"class_id"`` labels, a further sentinel (see
+            `split_missing`).
 
     Example:
 
@@ -199,17 +221,20 @@ class MaskedMetric(keras.metrics.Metric):
     1.0
     """
 
-    def __init__(self, metric, label_kind, name=None, **kwargs):
+    def __init__(self, metric, label_kind, name=None, ignore_label=None, **kwargs):
         if not isinstance(metric, keras.metrics.Metric):
             metric = keras.metrics.deserialize(metric)
         _check_label_kind(label_kind)
         super().__init__(name=name or metric.name, **kwargs)
         self.metric = metric
         self.label_kind = label_kind
+        self.ignore_label = ignore_label
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_pred = ops.convert_to_tensor(y_pred)
-        clean, present = split_missing(y_true, y_pred, self.label_kind)
+        clean, present = split_missing(
+            y_true, y_pred, self.label_kind, self.ignore_label
+        )
         if self.label_kind == "float":
             clean = ops.reshape(clean, (-1, 1))
             y_pred = ops.reshape(y_pred, (-1, 1))
@@ -223,7 +248,12 @@ class MaskedMetric(keras.metrics.Metric):
             if sample_weight is not None:
                 sample_weight = ops.reshape(sample_weight, (-1,))
         if sample_weight is not None:
-            present = present * ops.cast(sample_weight, present.dtype)
+            # One weight per example, also over a label map's pixels.
+            sample_weight = ops.reshape(
+                ops.cast(sample_weight, present.dtype),
+                (-1,) + (1,) * (len(present.shape) - 1),
+            )
+            present = present * sample_weight
         self.metric.update_state(clean, y_pred, sample_weight=present)
 
     def result(self):
@@ -240,4 +270,6 @@ class MaskedMetric(keras.metrics.Metric):
                 "label_kind": self.label_kind,
             }
         )
+        if self.ignore_label is not None:
+            config["ignore_label"] = self.ignore_label
         return config

@@ -2,7 +2,8 @@
 
 A `MultiTaskModel` is a functional `keras.Model`: raw input ->
 preprocessing -> the trunk (one nested layer named ``"trunk"``) -> pooled
-features -> one head per task. Its outputs are a dict keyed by head name.
+features -> one head per task (dense heads, `mtk.dense_heads`, read the
+trunk's feature map instead). Its outputs are a dict keyed by head name.
 ``model.trunk``, ``model.heads`` (dict by name) and ``model.loss_weighting``
 are its parts; `mtk.build_multitask_model` resolves them from short names.
 
@@ -34,6 +35,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from mtk.dense_heads import connect_dense
+from mtk.dense_heads import reads_feature_map
 from mtk.heads import Head
 from mtk.heads import check_head_dict
 from mtk.heads import check_loss_weights as check_loss_weight_values
@@ -67,7 +70,8 @@ def check_heads(heads):
         if not isinstance(head, Head):
             raise TypeError(
                 "heads must be mtk.heads.Head objects (Classification, Binary, "
-                f"MultiLabel, Regression); got {head!r}."
+                "MultiLabel, Regression, Segmentation, DenseRegression); got "
+                f"{head!r}."
             )
         if head.name in names:
             raise ValueError(
@@ -228,7 +232,11 @@ class MultiTaskModel(keras.Model):
         )
 
         # === Functional model ===
-        connection = sharing.connect(parts, [head.name for head in heads])
+        if any(reads_feature_map(head) for head in heads):
+            # Dense heads decode the feature map; image-level ones pool it.
+            connection = connect_dense(sharing, parts, heads)
+        else:
+            connection = sharing.connect(parts, [head.name for head in heads])
         inputs = connection.inputs
         outputs = {head.name: head(connection.features[head.name]) for head in heads}
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)

@@ -180,8 +180,9 @@ def resolve_trunk(
         input_shape: per-example input shape for image trunks; required for
             keras.applications, checked against the model for model trunks.
         trunk_weights: ``"pretrained"``, ``None`` or a weights file path.
-        trunk_output: for model trunks, the name of the layer whose output
-            becomes the features (the model is cut there).
+        trunk_output: for keras.applications and model trunks, the name of
+            the layer whose output becomes the features (the model is cut
+            there), e.g. a feature map for dense heads.
         sequence_length: for text trunks, the token sequence length.
 
     Returns:
@@ -198,10 +199,11 @@ def resolve_trunk(
     if trunk_output is not None and not (
         isinstance(trunk, keras.Model)
         or (isinstance(trunk, str) and trunk.endswith(".keras"))
+        or (isinstance(trunk, str) and trunk in APPLICATIONS)
     ):
         raise ValueError(
-            "trunk_output cuts a keras.Model or .keras trunk at a named "
-            f"layer; it does not apply to trunk={trunk!r}."
+            "trunk_output cuts a keras.applications, keras.Model or .keras "
+            f"trunk at a named layer; it does not apply to trunk={trunk!r}."
         )
     if isinstance(trunk, keras.Model):
         return _model_trunk(trunk, input_shape, trunk_weights, trunk_output)
@@ -213,7 +215,7 @@ def resolve_trunk(
         )
     trunk = os.fspath(trunk)
     if trunk in APPLICATIONS:
-        return _application_trunk(trunk, input_shape, trunk_weights)
+        return _application_trunk(trunk, input_shape, trunk_weights, trunk_output)
     if trunk.endswith(".keras"):
         model = load_keras_file(trunk, argument="trunk")
         return _model_trunk(model, input_shape, trunk_weights, trunk_output)
@@ -340,7 +342,45 @@ def pool_features(features, mask=None, name=POOLING_NAME):
     )
 
 
-def _application_trunk(name, input_shape, trunk_weights):
+def feature_map_layers(model):
+    """Names of ``model``'s layers whose output is a feature map (rank 4).
+
+    The candidates for ``trunk_output=`` and for dense heads' ``skip=``.
+
+    Example:
+
+    >>> net = keras.Sequential([keras.Input((8, 8, 1)),
+    ...     keras.layers.Conv2D(4, 3, name="conv"),
+    ...     keras.layers.GlobalAveragePooling2D(name="pool")])
+    >>> mtk.trunks.feature_map_layers(net)
+    ['conv']
+    """
+    names = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        try:
+            output = layer.output
+        except (AttributeError, ValueError):
+            continue  # a layer used several times has no single output
+        if not isinstance(output, (list, tuple, dict)) and len(output.shape) == 4:
+            names.append(layer.name)
+    return names
+
+
+def _cut(model, trunk_output):
+    """The output of ``model``'s layer ``trunk_output``, or an error."""
+    try:
+        return model.get_layer(trunk_output).output
+    except ValueError:
+        names = [layer.name for layer in model.layers]
+        raise ValueError(
+            f"trunk_output={trunk_output!r} names no layer of "
+            f"{model.name!r}; its layers are {names}."
+        ) from None
+
+
+def _application_trunk(name, input_shape, trunk_weights, trunk_output=None):
     class_name, module = APPLICATIONS[name]
     if input_shape is None:
         raise ValueError(
@@ -375,9 +415,16 @@ def _application_trunk(name, input_shape, trunk_weights):
         raise
     # Some applications use their name argument as the variant key, so the
     # trunk is named by wrapping, not by name=.
-    trunk = Trunk(network.inputs, network.outputs[0], name=TRUNK_NAME)
-    if _weights_file(trunk_weights):
-        trunk.load_weights(_weights_file(trunk_weights))
+    if trunk_output is not None:
+        output = _cut(network, trunk_output)
+        # A weights file holds the whole network's weights.
+        if _weights_file(trunk_weights):
+            network.load_weights(_weights_file(trunk_weights))
+        trunk = Trunk(network.inputs, output, name=TRUNK_NAME)
+    else:
+        trunk = Trunk(network.inputs, network.outputs[0], name=TRUNK_NAME)
+        if _weights_file(trunk_weights):
+            trunk.load_weights(_weights_file(trunk_weights))
     return TrunkParts(
         trunk, input_shape, "float32", "image",
         ApplicationPreprocessing(module, name="preprocessing"),
@@ -394,14 +441,7 @@ def _model_trunk(model, input_shape, trunk_weights, trunk_output):
         # Same architecture, fresh initial weights.
         model = keras.models.clone_model(model)
     if trunk_output is not None:
-        try:
-            output = model.get_layer(trunk_output).output
-        except ValueError:
-            names = [layer.name for layer in model.layers]
-            raise ValueError(
-                f"trunk_output={trunk_output!r} names no layer of "
-                f"{model.name!r}; its layers are {names}."
-            ) from None
+        output = _cut(model, trunk_output)
     else:
         output = model.outputs[0]
         if len(model.outputs) != 1:

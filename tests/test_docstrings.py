@@ -17,8 +17,10 @@ from conftest import IMAGE_SHAPE
 
 MODULES = [
     "mtk.adaptation",
+    "mtk.data.dense",
     "mtk.data.fashion_mnist",
     "mtk.data.fashion_shift",
+    "mtk.dense_heads",
     "mtk.data.fashion_trunk",
     "mtk.data.labels",
     "mtk.data.mixing",

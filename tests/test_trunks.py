@@ -93,8 +93,11 @@ def test_model_trunk_cut_at_layer_keeps_weights(tmp_path):
 def test_model_trunk_errors():
     with pytest.raises(ValueError, match="trunk_output='nope' names no layer.*conv_a"):
         build_trunk(small_cnn(), trunk_output="nope")
-    with pytest.raises(ValueError, match="trunk_output cuts a keras.Model"):
-        build_trunk("resnet50", input_shape=IMAGE_SHAPE, trunk_output="x")
+    with pytest.raises(ValueError, match="trunk_output cuts a keras.applications"):
+        build_trunk(minilm_dir(), trunk_output="x")
+    with pytest.raises(ValueError, match="trunk_output='x' names no layer.*conv1"):
+        build_trunk("resnet50", input_shape=IMAGE_SHAPE, trunk_output="x",
+                    trunk_weights=None)
     with pytest.raises(FileNotFoundError, match="missing.keras"):
         build_trunk("missing.keras")
 

@@ -13,10 +13,17 @@
   adaptation, and the DANN paper's small CNN.
 - `pretrain_fashion_trunk` / `fashion_cnn`: an offline "pretrained trunk"
   (a small CNN that learned Fashion-MNIST), for transfer without downloads.
+- `MapAugmentation`: flips and crops of images and their label maps
+  together; `NYU_DEPTH_V2_TASKS` / `CITYSCAPES_TASKS`: ``tasks=`` of
+  `from_tfds` for those TFDS datasets (dense heads).
 - `mmoe_synthetic` / `MMoESynthetic`: the MMoE paper's synthetic regression
   pair (Ma et al. 2018, Sec. 3), whose task correlation you set.
 """
 
+from mtk.data.dense import CITYSCAPES_CLASS_NAMES
+from mtk.data.dense import CITYSCAPES_TASKS
+from mtk.data.dense import NYU_DEPTH_V2_TASKS
+from mtk.data.dense import MapAugmentation
 from mtk.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASS_NAMES
 from mtk.data.fashion_mnist import load_fashion_mnist
 from mtk.data.fashion_shift import dann_cnn
@@ -33,12 +40,17 @@ from mtk.data.multi_fashion import MultiFashion
 from mtk.data.multi_fashion import MultiFashionConfig
 from mtk.data.multi_fashion import lenet
 from mtk.data.multi_fashion import load_multi_fashion
+from mtk.data.multi_fashion import multi_fashion_dense_heads
 from mtk.data.multi_fashion import multi_fashion_heads
 from mtk.data.synthetic import MMoESynthetic
 from mtk.data.synthetic import mmoe_synthetic
 from mtk.data.tfds_pipeline import from_tfds
 
 __all__ = [
+    "CITYSCAPES_CLASS_NAMES",
+    "CITYSCAPES_TASKS",
+    "MapAugmentation",
+    "NYU_DEPTH_V2_TASKS",
     "FASHION_MNIST_CLASS_NAMES",
     "MMoESynthetic",
     "MultiFashion",
@@ -55,6 +67,7 @@ __all__ = [
     "missing_label",
     "mmoe_synthetic",
     "mix",
+    "multi_fashion_dense_heads",
     "multi_fashion_heads",
     "pretrain_fashion_trunk",
     "with_domain",

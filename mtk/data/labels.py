@@ -10,6 +10,8 @@ labels batched:
 | ``"float"`` (Binary)           | float32 | ()                      | NaN     |
 | ``"float"`` (MultiLabel)       | float32 | (num_labels,)           | NaN     |
 | ``"float"`` (Regression)       | float32 | (units,)                | NaN     |
+| ``"class_id"`` (Segmentation)  | int64   | (H, W)                  | ignore_label |
+| ``"float"`` (DenseRegression)  | float32 | (H, W, channels)        | NaN     |
 
 The canonical shape is the head's first entry of ``label_shapes()``.
 """
@@ -91,6 +93,25 @@ def missing_label(spec):
             "labels must be integer class ids or floats."
         )
     return tf.fill(spec.shape, tf.constant(value, spec.dtype))
+
+
+def head_missing_label(head):
+    """The label of ``head`` that marks "no label" (a whole missing map for
+    dense heads): `missing_label` of its spec, or a `Segmentation` head's
+    ``ignore_label``.
+
+    Example:
+
+    >>> from mtk.data.labels import head_missing_label
+    >>> from mtk.heads import Segmentation
+    >>> head_missing_label(Segmentation("seg", 3, output_size=(1, 2))).numpy()
+    array([[255, 255]])
+    """
+    spec = label_spec(head)
+    ignore_label = getattr(head, "ignore_label", None)
+    if ignore_label is None:
+        return missing_label(spec)
+    return tf.fill(spec.shape, tf.constant(ignore_label, spec.dtype))
 
 
 def to_label(value, head, source):

@@ -75,9 +75,14 @@ def mix(
     _check_inputs(datasets)
     weights = _check_weights(weights, len(datasets))
 
+    by_name = {} if heads is None else labels_lib.heads_by_name(heads)
+
     def fill(x, y):
         return x, {
-            name: y[name] if name in y else labels_lib.missing_label(spec)
+            name: y[name] if name in y else (
+                labels_lib.head_missing_label(by_name[name]) if name in by_name
+                else labels_lib.missing_label(spec)
+            )
             for name, spec in specs.items()
         }
 

@@ -15,6 +15,14 @@ and never downloads.
 `load_multi_fashion` builds a variant of any size and returns it as numpy
 arrays; `multi_fashion_heads` gives the matching heads (`TASKS` maps them to
 the dataset's label features).
+
+Dense configs (``dense=True``, e.g. ``"dense_small"``) also emit per-pixel
+maps, built offline the same way: ``segmentation`` (36, 36), 0 for
+background and 1 + the Fashion-MNIST class of the item that shows at the
+pixel (the brighter one where they overlap: the "top" item), and
+``layers`` (36, 36, 2), each item's own intensity before overlaying (what a
+per-pixel regression head un-mixes). `multi_fashion_dense_heads` and
+`DENSE_TASKS` fit them.
 """
 
 import dataclasses
@@ -32,6 +40,22 @@ LEFT_OFFSET = (0, 0)
 RIGHT_OFFSET = (CANVAS_SIZE - 28, CANVAS_SIZE - 28)
 # Head name -> the dataset's label feature (``tasks=`` of `mtk.data.from_tfds`).
 TASKS = {"left": "label_left", "right": "label_right"}
+# Classes of the dense configs' segmentation map: background, then items.
+SEGMENTATION_CLASS_NAMES = ("background",) + tuple(fashion_mnist.CLASS_NAMES)
+
+
+def layer_intensities(example):
+    """A dense example's ``layers`` as float32 in [0, 1] (``tasks=`` source)."""
+    import tensorflow as tf
+
+    return tf.cast(example["layers"], tf.float32) / 255.0
+
+
+# ``tasks=`` of `mtk.data.from_tfds` for a dense config and
+# `multi_fashion_dense_heads`.
+DENSE_TASKS = {
+    "segmentation": "segmentation", "layers": layer_intensities, **TASKS,
+}
 
 _CITATION = """\
 @inproceedings{sener2018multi,
@@ -60,11 +84,13 @@ class MultiFashionConfig(tfds.core.BuilderConfig):
             training images.
         test_size: number of test canvases, drawn from its test images.
         seed: seed of the random pairing; equal seeds give equal datasets.
+        dense: also emit the per-pixel ``segmentation`` and ``layers`` maps.
     """
 
     train_size: int = 120_000
     test_size: int = 20_000
     seed: int = 0
+    dense: bool = False
 
 
 def overlay(left_item, right_item):
@@ -94,6 +120,38 @@ def overlay(left_item, right_item):
     ):
         canvas[layer, row : row + 28, col : col + 28] = item
     return canvas.max(axis=0)[..., np.newaxis]
+
+
+def dense_maps(left_item, right_item, left_class, right_class):
+    """The per-pixel labels of one canvas (see the module docstring).
+
+    Returns:
+        ``(segmentation, layers)``: uint8 (36, 36) class map (0 background,
+        1 + class of the item showing at the pixel, the brighter one where
+        they overlap, the left one on ties) and uint8 (36, 36, 2) intensity
+        of each item's own layer.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from mtk.data.multi_fashion import dense_maps
+    >>> seg, layers = dense_maps(np.full((28, 28), 9, np.uint8),
+    ...                          np.full((28, 28), 5, np.uint8), 0, 3)
+    >>> seg[0, 0], seg[20, 20], seg[35, 35], layers.shape
+    (np.uint8(1), np.uint8(1), np.uint8(4), (36, 36, 2))
+    """
+    layers = np.zeros((CANVAS_SIZE, CANVAS_SIZE, 2), np.uint8)
+    for layer, item, (row, col) in (
+        (0, left_item, LEFT_OFFSET),
+        (1, right_item, RIGHT_OFFSET),
+    ):
+        layers[row : row + 28, col : col + 28, layer] = item
+    left, right = layers[..., 0], layers[..., 1]
+    segmentation = np.where(
+        (left == 0) & (right == 0), 0,
+        np.where(left >= right, left_class + 1, right_class + 1),
+    ).astype(np.uint8)
+    return segmentation, layers
 
 
 def pair_indices(num_items, size, seed):
@@ -159,6 +217,9 @@ class MultiFashion(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         MultiFashionConfig(name="paper", train_size=120_000, test_size=20_000),
         MultiFashionConfig(name="small", train_size=12_000, test_size=2_000),
+        MultiFashionConfig(
+            name="dense_small", train_size=12_000, test_size=2_000, dense=True
+        ),
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Optional. Put the four Fashion-MNIST files "
@@ -169,25 +230,29 @@ class MultiFashion(tfds.core.GeneratorBasedBuilder):
     )
 
     def _info(self):
+        features = {
+            "image": tfds.features.Image(shape=(CANVAS_SIZE, CANVAS_SIZE, 1)),
+            "label_left": tfds.features.ClassLabel(
+                names=fashion_mnist.CLASS_NAMES
+            ),
+            "label_right": tfds.features.ClassLabel(
+                names=fashion_mnist.CLASS_NAMES
+            ),
+        }
+        if self.builder_config.dense:
+            features["segmentation"] = tfds.features.Tensor(
+                shape=(CANVAS_SIZE, CANVAS_SIZE), dtype=np.uint8
+            )
+            features["layers"] = tfds.features.Tensor(
+                shape=(CANVAS_SIZE, CANVAS_SIZE, 2), dtype=np.uint8
+            )
         return tfds.core.DatasetInfo(
             builder=self,
             description=(
                 "Two Fashion-MNIST items on a 36x36 canvas: one at the "
                 "top-left, one at the bottom-right (MultiMNIST-style)."
             ),
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(
-                        shape=(CANVAS_SIZE, CANVAS_SIZE, 1)
-                    ),
-                    "label_left": tfds.features.ClassLabel(
-                        names=fashion_mnist.CLASS_NAMES
-                    ),
-                    "label_right": tfds.features.ClassLabel(
-                        names=fashion_mnist.CLASS_NAMES
-                    ),
-                }
-            ),
+            features=tfds.features.FeaturesDict(features),
             homepage="https://github.com/Xi-L/ParetoMTL",
             citation=_CITATION,
         )
@@ -217,15 +282,18 @@ class MultiFashion(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, items, size, seed):
         images, labels = items
         left, right = pair_indices(len(images), size, seed)
+        dense = self.builder_config.dense
         for index, (i, j) in enumerate(zip(left, right, strict=True)):
-            yield (
-                index,
-                {
-                    "image": overlay(images[i], images[j]),
-                    "label_left": int(labels[i]),
-                    "label_right": int(labels[j]),
-                },
-            )
+            example = {
+                "image": overlay(images[i], images[j]),
+                "label_left": int(labels[i]),
+                "label_right": int(labels[j]),
+            }
+            if dense:
+                example["segmentation"], example["layers"] = dense_maps(
+                    images[i], images[j], int(labels[i]), int(labels[j])
+                )
+            yield index, example
 
 
 def _manual_dir(dl_manager):
@@ -274,7 +342,33 @@ def multi_fashion_heads(names=tuple(TASKS)):
     ]
 
 
-def load_multi_fashion(train_size, test_size, data_dir=None, manual_dir=None):
+def multi_fashion_dense_heads(decoder_filters=32, skip=None):
+    """Heads for a dense config: segmentation, layer intensities, both items.
+
+    Example:
+
+    >>> [type(h).__name__ for h in mtk.data.multi_fashion_dense_heads()]
+    ['Segmentation', 'DenseRegression', 'Classification', 'Classification']
+    """
+    from mtk.heads import DenseRegression
+    from mtk.heads import Segmentation
+
+    return [
+        Segmentation(
+            "segmentation", num_classes=len(SEGMENTATION_CLASS_NAMES),
+            class_names=list(SEGMENTATION_CLASS_NAMES),
+            decoder_filters=decoder_filters, skip=skip,
+        ),
+        DenseRegression(
+            "layers", channels=2, loss="mean_absolute_error",
+            decoder_filters=decoder_filters, skip=skip,
+        ),
+    ] + multi_fashion_heads()
+
+
+def load_multi_fashion(
+    train_size, test_size, data_dir=None, manual_dir=None, dense=False
+):
     """MultiFashion as numpy arrays, built once into ``data_dir`` by TFDS.
 
     Args:
@@ -284,6 +378,9 @@ def load_multi_fashion(train_size, test_size, data_dir=None, manual_dir=None):
             TFDS's default).
         manual_dir: directory with the Fashion-MNIST files (else the places
             `mtk.data.load_fashion_mnist` searches).
+        dense: also return the ``segmentation`` (int64 (N, 36, 36)) and
+            ``layers`` (float32 (N, 36, 36, 2) in [0, 1]) maps, for
+            `multi_fashion_dense_heads`.
 
     Returns:
         ``{"train": (images, {"left": ids, "right": ids}), "test": ...}``
@@ -291,8 +388,8 @@ def load_multi_fashion(train_size, test_size, data_dir=None, manual_dir=None):
         ids: what ``model.fit(x, y)`` takes for `multi_fashion_heads`.
     """
     config = MultiFashionConfig(
-        name=f"n{train_size}x{test_size}", train_size=train_size,
-        test_size=test_size,
+        name=f"{'dense_' if dense else ''}n{train_size}x{test_size}",
+        train_size=train_size, test_size=test_size, dense=dense,
     )
     builder = tfds.builder(
         "multi_fashion", config=config,
@@ -305,8 +402,11 @@ def load_multi_fashion(train_size, test_size, data_dir=None, manual_dir=None):
     splits = {}
     for split in ("train", "test"):
         data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-        splits[split] = (
-            data["image"].astype("float32"),
-            {head: data[feature].astype("int64") for head, feature in TASKS.items()},
-        )
+        labels = {
+            head: data[feature].astype("int64") for head, feature in TASKS.items()
+        }
+        if dense:
+            labels["segmentation"] = data["segmentation"].astype("int64")
+            labels["layers"] = data["layers"].astype("float32") / 255.0
+        splits[split] = (data["image"].astype("float32"), labels)
     return splits

@@ -6,6 +6,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mtk.data import labels as labels_lib
+from mtk.data.dense import MapAugmentation
 from mtk.heads import Head
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -62,7 +63,8 @@ def from_tfds(
             input.
         data_dir: TFDS data directory (TFDS's default when None).
         image_size: ``(height, width)`` or one int: resize images to it
-            (bilinear), keeping their dtype.
+            (bilinear), keeping their dtype; dense heads' label maps are
+            resized with it (nearest neighbour: class ids and NaN stay).
         shuffle: ``True`` to shuffle files and examples (buffer of
             `DEFAULT_SHUFFLE_BUFFER`), or an int buffer size.
         batch_size: examples per batch; None yields unbatched examples (as
@@ -75,8 +77,10 @@ def from_tfds(
             ``True`` caches in memory, a path caches in that file, ``False``
             never caches. Augmentation runs after the cache.
         augment: function of one example's input returning the augmented
-            input (e.g. ``keras.layers.RandomFlip("horizontal")``); applied
-            after caching and shuffling, before batching.
+            input (e.g. ``keras.layers.RandomFlip("horizontal")``), or an
+            `mtk.data.MapAugmentation`, which flips and crops the image and
+            its label maps together; applied after caching and shuffling,
+            before batching.
         seed: seed of file and example shuffling.
         with_info: also return the `tfds.core.DatasetInfo` (class names via
             ``info.features[key].names``, split sizes via ``info.splits``).
@@ -137,7 +141,7 @@ def from_tfds(
         split=split, shuffle_files=bool(shuffle), read_config=read_config
     )
     missing = {
-        n: labels_lib.missing_label(labels_lib.label_spec(h))
+        n: labels_lib.head_missing_label(h)
         for n, h in all_heads.items()
         if n not in head_tasks
     }
@@ -147,7 +151,9 @@ def from_tfds(
         if image_size is not None:
             x = _resize(x, image_size, inputs)
         y = {
-            n: labels_lib.to_label(_get(example, s), head, s)
+            n: labels_lib.to_label(
+                _resize_map(_get(example, s), image_size, head), head, s
+            )
             for n, (head, s) in head_tasks.items()
         }
         y.update(missing)
@@ -162,7 +168,10 @@ def from_tfds(
     if shuffle:
         buffer = DEFAULT_SHUFFLE_BUFFER if shuffle is True else int(shuffle)
         dataset = dataset.shuffle(buffer, seed=seed)
-    if augment is not None:
+    if isinstance(augment, MapAugmentation):
+        # Images and their label maps, transformed together.
+        dataset = dataset.map(augment, num_parallel_calls=AUTOTUNE)
+    elif augment is not None:
         dataset = dataset.map(
             lambda x, y: (augment(x), y), num_parallel_calls=AUTOTUNE
         )
@@ -273,6 +282,21 @@ def _image_size(image_size):
             f"image_size must be (height, width) or one int, got {image_size}."
         )
     return image_size
+
+
+def _resize_map(value, image_size, head):
+    """A dense head's label map resized to ``image_size`` (nearest)."""
+    if image_size is None or not getattr(head, "reads_feature_map", False):
+        return value
+    value = tf.convert_to_tensor(value)
+    if value.shape.rank not in (2, 3):
+        return value  # to_label names the wrong shape
+    squeeze = value.shape.rank == 2
+    resized = tf.image.resize(
+        value[..., tf.newaxis] if squeeze else value, image_size,
+        method="nearest",
+    )
+    return resized[..., 0] if squeeze else resized
 
 
 def _resize(image, image_size, inputs):

@@ -70,11 +70,26 @@ def _median_mae(labels, label_kind):
     return errors[present].mean()
 
 
+def _majority_miou(labels, label_kind, ignore_label=None):
+    """mIoU of predicting the most frequent class at every labelled pixel."""
+    labels = labels.reshape(-1).astype("int64")
+    labels = labels[(labels >= 0) & (labels != ignore_label)]
+    if labels.size == 0:
+        return None
+    counts = np.bincount(labels)
+    # IoU of the majority class is its share; every other class present
+    # scores 0; absent classes are left out of the mean (as MeanIoU does).
+    return counts.max() / labels.size / np.count_nonzero(counts)
+
+
 # Primary metric -> (its value for a perfect model, its chance level): the
 # metric of the best constant prediction on the present (non-missing) labels.
 _CHANCE = {
     "accuracy": (1.0, _majority_accuracy),
     "mae": (0.0, _median_mae),
+    # Dense heads (mtk.dense_heads): a constant map.
+    "miou": (1.0, _majority_miou),
+    "abs_error": (0.0, _median_mae),
 }
 
 
@@ -223,7 +238,10 @@ def score_references(model, validation_data=None, baselines=None):
         perfect, chance_of = _CHANCE[head.primary_metric]
         chance = None
         if name in labels:
-            chance = chance_of(labels[name], head.label_kind)
+            if head.primary_metric == "miou":
+                chance = chance_of(labels[name], head.label_kind, head.ignore_label)
+            else:
+                chance = chance_of(labels[name], head.label_kind)
         if chance is None:
             raise FatalValueError(
                 f"Head {name!r}: the validation data holds no labels for it, "
