@@ -22,6 +22,7 @@ MODULES = [
     "mtk.data.mixing",
     "mtk.data.multi_fashion",
     "mtk.data.synthetic",
+    "mtk.data.tables",
     "mtk.data.tfds_pipeline",
     "mtk.distribute",
     "mtk.evaluation",

@@ -1,6 +1,8 @@
 """Input pipelines for multi-task models.
 
 - `from_tfds`: a TensorFlow Datasets dataset → ``(inputs, {head: label})``.
+- `from_dataframe` / `from_csv`: a table (pandas, or CSV files streamed)
+  → ``({feature: column}, {head: label})``, with per-head sample weights.
 - `mix`: interleave pipelines whose examples label different heads; the
   labels a source lacks get the missing-label sentinel.
 - `load_fashion_mnist`: Fashion-MNIST from local files, offline.
@@ -28,6 +30,8 @@ from mtk.data.multi_fashion import load_multi_fashion
 from mtk.data.multi_fashion import multi_fashion_heads
 from mtk.data.synthetic import MMoESynthetic
 from mtk.data.synthetic import mmoe_synthetic
+from mtk.data.tables import from_csv
+from mtk.data.tables import from_dataframe
 from mtk.data.tfds_pipeline import from_tfds
 
 __all__ = [
@@ -36,6 +40,8 @@ __all__ = [
     "MultiFashion",
     "MultiFashionConfig",
     "fashion_cnn",
+    "from_csv",
+    "from_dataframe",
     "from_tfds",
     "label_spec",
     "load_fashion_mnist",
