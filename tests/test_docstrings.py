@@ -23,6 +23,7 @@ MODULES = [
     "mtk.data.multi_fashion",
     "mtk.data.synthetic",
     "mtk.data.tables",
+    "mtk.data.clicks",
     "mtk.data.tfds_pipeline",
     "mtk.distribute",
     "mtk.evaluation",

@@ -11,10 +11,13 @@
   any size as numpy arrays, `multi_fashion_heads` its heads.
 - `pretrain_fashion_trunk` / `fashion_cnn`: an offline "pretrained trunk"
   (a small CNN that learned Fashion-MNIST), for transfer without downloads.
+- `clicks.click_table`: a synthetic click / conversion table of known
+  structure (ESMM's setting), with its FeatureSpace and heads.
 - `mmoe_synthetic` / `MMoESynthetic`: the MMoE paper's synthetic regression
   pair (Ma et al. 2018, Sec. 3), whose task correlation you set.
 """
 
+from mtk.data import clicks
 from mtk.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASS_NAMES
 from mtk.data.fashion_mnist import load_fashion_mnist
 from mtk.data.fashion_trunk import fashion_cnn
