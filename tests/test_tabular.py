@@ -138,9 +138,11 @@ def as_columns(rows, signature):
 
 
 def test_dataframe_and_csv_give_the_same_batches(table, feature_space, tmp_path):
-    # Two files, read in order: the CSV stream is the table, batch by batch.
+    # Two files, read in order: the CSV stream is the table, batch by batch
+    # (one file with Windows line ends).
     table.iloc[:13].to_csv(tmp_path / "part-0.csv", index=False)
-    table.iloc[13:].to_csv(tmp_path / "part-1.csv", index=False)
+    table.iloc[13:].to_csv(tmp_path / "part-1.csv", index=False,
+                           lineterminator="\r\n")
     kwargs = dict(features=feature_space, tasks=TASKS, heads=heads(),
                   sample_weights=WEIGHTS, batch_size=5)
     from_df = list(mtk.data.from_dataframe(table, **kwargs))
@@ -162,6 +164,20 @@ def test_dataframe_and_csv_give_the_same_batches(table, feature_space, tmp_path)
     np.testing.assert_allclose(y["spend"][:, 0], table["spend"] / 10, rtol=1e-6)
     np.testing.assert_array_equal(w["conversion"], table["clicked"])
     np.testing.assert_array_equal(w["click"], np.ones(ROWS, "float32"))
+
+
+def test_shuffled_pipelines_give_every_row_once_per_epoch(table, tmp_path):
+    table.to_csv(tmp_path / "t.csv", index=False)
+    kwargs = dict(features=["age"], tasks=TASKS, heads=heads(), batch_size=7,
+                  shuffle=True, seed=0)
+    for ds in (mtk.data.from_dataframe(table, **kwargs),
+               mtk.data.from_csv(str(tmp_path / "t.csv"), **kwargs)):
+        epochs = [np.concatenate([x["age"].numpy() for x, _ in ds])
+                  for _ in range(2)]
+        for ages in epochs:
+            np.testing.assert_array_equal(np.sort(ages),
+                                          np.sort(table["age"].astype("float32")))
+        assert not np.array_equal(epochs[0], epochs[1])
 
 
 def test_image_path_column_is_loaded_and_resized(tmp_path):
