@@ -1,8 +1,9 @@
 """Is streaming CSV files what a tabular training step waits on?
 
-Trains one multi-task model on a tabular trunk (`mtk.trunks.tabular` over a
+Trains multi-task models on a tabular trunk (`mtk.trunks.tabular` over a
 FeatureSpace: normalised, one-hot, hashed, crossed and embedded columns;
-heads click / conversion / spend) for N steps, fed
+heads click / conversion / spend; a small and a larger trunk, ``--models``)
+for N steps, fed
 
   (a)  by `mtk.data.from_csv` streaming the table from CSV files
        (`tf.data.experimental.make_csv_dataset`: read, parse, label and
@@ -18,7 +19,7 @@ rounds (the feeds alternate within each round; target for (a) <= 1.05, as
 second each pipeline delivers on its own. The table is the synthetic
 click log `mtk.data.clicks.click_table`. No network.
 
-    python benchmarks/tabular_pipeline.py              # ~2 minutes on 2 cores
+    python benchmarks/tabular_pipeline.py              # ~4 minutes on 2 cores
     python benchmarks/tabular_pipeline.py --rows 200000 --batch-size 1024
 """
 
@@ -64,6 +65,10 @@ def parse_args():
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds; each runs every feed once")
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument(
+        "--models", nargs="+", default=["64,32", "512,256"],
+        help="the tabular trunks' hidden units, one model per entry "
+             "(default: 64,32 and 512,256: a small and a larger step)")
     parser.add_argument("--output", default=str(RESULTS),
                         help="file the table is written to ('' for none)")
     return parser.parse_args()
@@ -77,9 +82,8 @@ def main():
     for i, part in enumerate(np.array_split(np.arange(len(df)), args.files)):
         df.iloc[part].to_csv(os.path.join(csv_dir, f"part-{i}.csv"), index=False)
     space = clicks.click_feature_space(df)
-    model = mtk.build_multitask_model(
-        mtk.trunks.tabular(space, hidden_units=(64, 32)), clicks.click_heads())
-    common = dict(features=space, tasks=clicks.CLICK_TASKS, heads=model,
+    heads = clicks.click_heads()
+    common = dict(features=space, tasks=clicks.CLICK_TASKS, heads=heads,
                   sample_weights=clicks.CLICK_WEIGHTS,
                   batch_size=args.batch_size, shuffle=True, seed=0)
     streamed = mtk.data.from_csv(os.path.join(csv_dir, "part-*.csv"),
@@ -93,39 +97,51 @@ def main():
         "(a') from_dataframe, table in memory": table.repeat(),
         "(b) same batches in memory (cached)": memory.repeat(),
     }
-    # Trace the train step once, outside the timed runs.
-    model.fit(feeds["(b) same batches in memory (cached)"], epochs=1,
-              steps_per_epoch=5, shuffle=False, verbose=0)
-    means = {label: [] for label in feeds}
+    baseline = "(b) same batches in memory (cached)"
+    models = {}
+    for units in args.models:
+        hidden = tuple(int(u) for u in units.split(","))
+        model = mtk.build_multitask_model(
+            mtk.trunks.tabular(space, hidden_units=hidden),
+            clicks.click_heads())
+        # Trace the train step once, outside the timed runs.
+        model.fit(feeds[baseline], epochs=1, steps_per_epoch=5, shuffle=False,
+                  verbose=0)
+        models[units] = model
+    means = {(units, label): [] for units in models for label in feeds}
     for _ in range(args.rounds):
-        for label, feed in feeds.items():
-            means[label].append(float(np.mean(
-                timed_fit(model, feed, args.steps, args.warmup))))
+        for units, model in models.items():
+            for label, feed in feeds.items():
+                means[units, label].append(float(np.mean(
+                    timed_fit(model, feed, args.steps, args.warmup))))
 
-    base = np.asarray(means["(b) same batches in memory (cached)"])
-    rows = []
-    for label, feed in feeds.items():
-        ratios = np.asarray(means[label]) / base
-        rows.append({
-            "feed": label,
-            "step ms (mean ± std over rounds)": mean_std(
-                1e3 * np.asarray(means[label]), ".2f"),
-            "ratio to (b)": mean_std(ratios, ".3f"),
-            "median ratio": f"{statistics.median(ratios):.3f}",
-            "pipeline alone ex/s":
-                f"{pipeline_rate(feed, args.steps, args.batch_size):,.0f}",
-        })
+    rows, verdicts = [], []
+    rates = {label: pipeline_rate(feed, args.steps, args.batch_size)
+             for label, feed in feeds.items()}
+    for units in models:
+        base = np.asarray(means[units, baseline])
+        for label in feeds:
+            ratios = np.asarray(means[units, label]) / base
+            rows.append({
+                "trunk hidden units": units,
+                "feed": label,
+                "step ms (mean ± std over rounds)": mean_std(
+                    1e3 * np.asarray(means[units, label]), ".2f"),
+                "ratio to (b)": mean_std(ratios, ".3f"),
+                "median ratio": f"{statistics.median(ratios):.3f}",
+                "pipeline alone ex/s": f"{rates[label]:,.0f}",
+            })
+        ratio = float(np.mean(np.asarray(means[units, list(feeds)[0]]) / base))
+        verdicts.append(
+            f"hidden units {units}: (a) / (b) = {ratio:.3f}, target <= 1.05 "
+            + ("met." if ratio <= 1.05 else "NOT met.")
+        )
     header = (
         f"{args.rows} rows in {args.files} CSV files, batch {args.batch_size}, "
-        f"{args.rounds} rounds x {args.steps} timed steps per feed, "
+        f"{args.rounds} rounds x {args.steps} timed steps per feed and model, "
         f"{os.cpu_count()} CPUs, TensorFlow {tf.__version__}"
     )
-    ratio = float(np.mean(np.asarray(means[list(feeds)[0]]) / base))
-    verdict = (
-        f"(a) / (b) = {ratio:.3f}: target <= 1.05 "
-        + ("met." if ratio <= 1.05 else "NOT met.")
-    )
-    text = f"{header}\n\n{format_table(rows)}\n\n{verdict}\n"
+    text = f"{header}\n\n{format_table(rows)}\n\n" + "\n".join(verdicts) + "\n"
     print("\n" + text)
     if args.output:
         pathlib.Path(args.output).parent.mkdir(parents=True, exist_ok=True)
