@@ -17,9 +17,11 @@ trunks with several named inputs) take one named input per feature, so a
 TF Serving ``instances`` row reads ``{"age": 41, "country": "DE", "xray":
 [...]}``: a column of scalars per table feature (shape ``(batch,)``), the
 raw value the FeatureSpace in the graph expects, and images as above.
-TFLite: numeric features convert; string features need TensorFlow's hash
-table ops, which the TFLite converter refuses here (serve those models with
-`export_saved_model`).
+TFLite: numeric features (FeatureSpace ``float``, ``float_normalized``,
+``float_rescaled``) convert; categorical ones do not (string lookups,
+hashing and one-hot encoding are TensorFlow ops that TFLite's built-in op
+set lacks): `export_tflite` refuses them naming the ops; serve those models
+with `export_saved_model`.
 
 Outputs, per head:
 
@@ -41,6 +43,7 @@ they must be built mtk models with heads.
 
 import numbers
 import os
+import re
 import shutil
 import tempfile
 
@@ -265,7 +268,19 @@ def export_tflite(model, path, quantize=None, *, input_dtype=None):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
-        flatbuffer = converter.convert()
+        try:
+            flatbuffer = converter.convert()
+        except Exception as error:
+            missing = re.search(r"TF Select ops: ([^\n]*)", str(error))
+            if missing is None or not isinstance(spec.input, dict):
+                raise
+            raise ValueError(
+                f"export_tflite: model {model.name!r} uses TensorFlow ops that "
+                f"TFLite lacks ({missing.group(1).strip()}), e.g. the one-hot "
+                "encoding, hashing or lookups of categorical features; TFLite "
+                "takes numeric features (float, float_normalized, "
+                "float_rescaled). Serve it with export_saved_model."
+            ) from None
     tmp_fd, tmp_path = tempfile.mkstemp(
         prefix=f".{os.path.basename(path)}.", dir=directory
     )

@@ -225,6 +225,14 @@ class MultiTaskModel(keras.Model):
             input_dtype = trunk.inputs[0].dtype if preprocessing is None else "float32"
         if not isinstance(input_shape, dict):
             input_shape = tuple(input_shape)
+        else:
+            clash = sorted(set(input_shape) & {head.name for head in heads})
+            if clash:
+                raise ValueError(
+                    f"Head(s) {clash} have the name of an input feature; "
+                    "inputs and outputs share one namespace (the served "
+                    "signature's keys): rename the head(s)."
+                )
         parts = TrunkParts(
             trunk, input_shape, input_dtype, input_name, preprocessing
         )

@@ -227,9 +227,27 @@ def test_tabular_model_saves_in_safe_mode_and_serves_raw_rows(
     assert served["segment_class_name"].shape == (2,)
 
 
-def test_tflite_refuses_string_features_naming_them(tabular_model, tmp_path):
+def test_tflite_converts_numeric_features_and_refuses_categorical(
+        tabular_model, table, tmp_path):
     with pytest.raises(ValueError, match=r"string features \['country', 'device'\]"):
         mtk.export.export_tflite(tabular_model, str(tmp_path / "m.tflite"))
+    x = {"age": table["age"].to_numpy("float32"),
+         "income": table["spend"].fillna(0).to_numpy("float32"),
+         "city_id": table["city_id"].to_numpy("int32")}
+    numeric = FS({"age": FS.float_normalized(), "income": FS.float_rescaled(0.1)})
+    numeric.adapt({k: x[k] for k in ("age", "income")})
+    model = mtk.build_multitask_model(mtk.trunks.tabular(numeric, (4,)), heads())
+    runner = tf.lite.Interpreter(mtk.export.export_tflite(
+        model, str(tmp_path / "numeric.tflite"))).get_signature_runner()
+    served = runner(age=x["age"][:1], income=x["income"][:1])
+    expected = model.predict({k: x[k][:1] for k in ("age", "income")}, verbose=0)
+    for name in expected:
+        np.testing.assert_allclose(served[name], expected[name], atol=1e-5)
+    one_hot = FS({"age": FS.float(), "city_id": FS.integer_categorical()})
+    one_hot.adapt({k: x[k] for k in ("age", "city_id")})
+    model = mtk.build_multitask_model(mtk.trunks.tabular(one_hot, (4,)), heads())
+    with pytest.raises(ValueError, match="TensorFlow ops that TFLite lacks"):
+        mtk.export.export_tflite(model, str(tmp_path / "one_hot.tflite"))
 
 
 # === Multi-modal: image + record ===
@@ -391,10 +409,25 @@ def test_model_data_missing_a_named_input(tabular_model, table):
         mtk.check_training_data(tabular_model, ds)
 
 
-def test_unfitted_feature_space_and_clashing_inputs_are_refused(feature_space):
+def test_unfitted_feature_space_and_clashing_names_are_refused(feature_space):
+    spend = FS({"spend": FS.float()})
+    with pytest.raises(ValueError, match=r"Head\(s\) \['spend'\] have the name"):
+        mtk.build_multitask_model(mtk.trunks.tabular(spend, (4,)), heads())
     fresh = FS({"age": FS.float_normalized()})
     with pytest.raises(ValueError, match="not ready.*adapt"):
         mtk.trunks.tabular(fresh)
     tab = mtk.trunks.tabular(feature_space, hidden_units=(4,))
     with pytest.raises(ValueError, match=r"input\(s\) \['age'\]"):
         mtk.trunks.combine({"age": tiny_cnn(), "record": tab})
+
+
+def test_model_with_several_named_inputs_is_a_dict_input_trunk(tmp_path):
+    vitals, labs = keras.Input((3,), name="vitals"), keras.Input((2,), name="labs")
+    joined = keras.layers.Concatenate()([vitals, labs])
+    trunk = keras.Model([vitals, labs], keras.layers.Dense(4)(joined))
+    model = mtk.build_multitask_model(trunk, [mtk.heads.Binary("sick")])
+    assert sorted(model.input) == ["labs", "vitals"]
+    # A keras.Model trunk counts as pretrained: frozen in phase 1.
+    assert not model.get_layer("trunk").trainable
+    x = {"vitals": np.ones((2, 3), "float32"), "labs": np.zeros((2, 2), "float32")}
+    run_model_saving_test(model, x, str(tmp_path / "m.keras"))
