@@ -5,9 +5,10 @@ What it shows, offline, in about a minute on 2 CPU cores:
 1. Data. A synthetic impressions log of known structure
    (`mtk.data.clicks.click_table`: age, country, device, a 1,000-value
    city id; click, conversion, spend), or your own CSV files with the same
-   columns (``--csv``). The table is written to CSV files and streamed
-   back with `mtk.data.from_csv` (``--in-memory`` reads it with
-   `mtk.data.from_dataframe` instead: the same batches).
+   columns (``--csv``, ``--test-csv``). The synthetic table is split and
+   written to CSV files; files are streamed with `mtk.data.from_csv`
+   (``--in-memory`` reads them with pandas and `mtk.data.from_dataframe`
+   instead: the same batches).
 2. Tasks as an ESMM-style recommender needs them: ``click`` on every row,
    ``conversion`` counting only on clicked rows (a per-head sample weight
    from the ``clicked`` column), ``spend`` where known (empty cells are
@@ -32,7 +33,6 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
@@ -53,13 +53,19 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", default="runs/tabular_multitask")
     parser.add_argument(
         "--csv", default=None,
-        help="CSV file or glob with click_table's columns (default: the "
-             "synthetic table, written to --output-dir/csv)")
+        help="training CSV file or glob with click_table's columns (default: "
+             "the synthetic table, split and written to --output-dir/csv)")
+    parser.add_argument("--test-csv", default=None,
+                        help="held-out CSV file or glob (with --csv)")
+    parser.add_argument("--adapt-rows", type=int, default=10000,
+                        help="rows of the first training file the "
+                             "FeatureSpace adapts on")
     parser.add_argument("--rows", type=int, default=20000,
                         help="rows of the synthetic table")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--in-memory", action="store_true",
-                        help="read the table with from_dataframe, not from_csv")
+                        help="read the files with pandas and from_dataframe "
+                             "instead of streaming them with from_csv")
     parser.add_argument("--sharing", default="mmoe",
                         choices=("hard", "mmoe", "cgc", "ple"))
     parser.add_argument("--hidden-units", type=int, nargs="+", default=[64, 32])
@@ -72,30 +78,37 @@ def parse_args(argv=None):
     require_at_least(parser, args, 1, ("rows", "epochs", "batch_size"))
     if not 0 < args.test_fraction < 1:
         parser.error("--test-fraction must be in (0, 1)")
+    if bool(args.csv) != bool(args.test_csv):
+        parser.error("--csv and --test-csv go together")
     return args
 
 
 def load_table(args, out):
-    """The table, and the CSV files that hold it (train and test parts)."""
+    """``(paths, adapt_df)``: train / test CSV files, and rows to adapt on.
+
+    The synthetic table is split and written to ``--output-dir/csv``; your
+    files (``--csv``, ``--test-csv``) are streamed as they are, never read
+    whole: the FeatureSpace adapts on the first ``--adapt-rows`` rows.
+    """
     import pandas as pd
 
-    if args.csv:
-        files = sorted(glob.glob(args.csv))
-        if not files:
-            raise FileNotFoundError(f"--csv {args.csv!r} matches no file.")
-        df = pd.concat([pd.read_csv(f, keep_default_na=False, na_values=[""])
-                        for f in files], ignore_index=True)
-    else:
+    if not args.csv:
         df = clicks.click_table(args.rows, seed=args.seed)
-    split = int(round(len(df) * (1 - args.test_fraction)))
-    train, test = df.iloc[:split], df.iloc[split:]
-    csv_dir = out / "csv"
-    csv_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, part in (("train", train), ("test", test)):
-        paths[name] = str(csv_dir / f"{name}.csv")
-        part.to_csv(paths[name], index=False)
-    return train, test, paths
+        split = int(round(len(df) * (1 - args.test_fraction)))
+        csv_dir = out / "csv"
+        csv_dir.mkdir(parents=True, exist_ok=True)
+        paths = {"train": str(csv_dir / "train.csv"),
+                 "test": str(csv_dir / "test.csv")}
+        df.iloc[:split].to_csv(paths["train"], index=False)
+        df.iloc[split:].to_csv(paths["test"], index=False)
+    else:
+        paths = {"train": args.csv, "test": args.test_csv}
+    first = sorted(glob.glob(paths["train"]))
+    if not first:
+        raise FileNotFoundError(f"--csv {paths['train']!r} matches no file.")
+    adapt_df = pd.read_csv(first[0], nrows=args.adapt_rows,
+                           keep_default_na=False, na_values=[""])
+    return paths, adapt_df
 
 
 def main(argv=None):
@@ -106,8 +119,8 @@ def main(argv=None):
 
     progress("Reading the table" + ("" if args.csv else
              f" (synthetic click log, {args.rows} rows, known structure)"))
-    train_df, test_df, paths = load_table(args, out)
-    space = clicks.click_feature_space(train_df)
+    paths, adapt_df = load_table(args, out)
+    space = clicks.click_feature_space(adapt_df)
 
     progress(f"Building a tabular trunk ({args.hidden_units}) with "
              f"sharing={args.sharing!r}")
@@ -118,28 +131,32 @@ def main(argv=None):
     common = dict(features=space, tasks=clicks.CLICK_TASKS, heads=model,
                   batch_size=args.batch_size)
 
-    def pipeline(name, frame, **kwargs):
+    def pipeline(name, **kwargs):
         if args.in_memory:
+            import pandas as pd
+
+            frame = pd.concat(
+                [pd.read_csv(f, keep_default_na=False, na_values=[""])
+                 for f in sorted(glob.glob(paths[name]))], ignore_index=True)
             return mtk.data.from_dataframe(frame, **common, **kwargs)
         return mtk.data.from_csv(paths[name], **common, **kwargs)
 
-    train = pipeline("train", train_df, sample_weights=clicks.CLICK_WEIGHTS,
+    train = pipeline("train", sample_weights=clicks.CLICK_WEIGHTS,
                      shuffle=True, seed=args.seed)
-    test = pipeline("test", test_df)
+    test = pipeline("test")
 
-    progress(f"Training {args.epochs} epochs on {len(train_df)} rows "
+    progress(f"Training {args.epochs} epochs on {paths['train']} "
              f"({'in memory' if args.in_memory else 'streamed from CSV'})")
     mtk.check_training_data(model, train)
     history = model.fit(train, epochs=args.epochs, verbose=args.verbose)
 
-    progress(f"Evaluating on {len(test_df)} held-out rows; writing outputs to {out}")
+    progress(f"Evaluating on {paths['test']}; writing outputs to {out}")
     report = mtk.evaluation.write_report(model, test, out, history=history)
     print("\n" + mtk.evaluation.format_reports({"test": report["metrics"]}) + "\n")
     results = {
         "data": args.csv or f"mtk.data.clicks.click_table({args.rows}, "
                             f"seed={args.seed})",
-        "train_rows": len(train_df), "test_rows": len(test_df),
-        "click_rate": float(np.mean(train_df["clicked"])),
+        "train": paths["train"], "test": paths["test"],
         "sharing": args.sharing,
     }
     return save_outputs(model, out, report, results, progress=progress)

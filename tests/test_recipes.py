@@ -125,7 +125,7 @@ def test_tabular_multitask_offline_streams_csv(tmp_path):
     assert (out / "csv" / "train.csv").is_file()
     model = keras.saving.load_model(out / "model.keras")
     assert sorted(model.input) == ["age", "city_id", "country", "device"]
-    assert results["train_rows"] == 240
+    assert results["train"] == str(out / "csv" / "train.csv")
 
 
 def test_read_tsv_heads_labels_and_errors(tmp_path):
