@@ -237,7 +237,10 @@ def recompile(model, learning_rate=None):
 def check_training_data(model, x, y=None, *, source=None):
     """Checks inputs and labels against the model before any training.
 
-    Shapes, dtypes and label keys come from the data's spec. Label values are
+    Shapes, dtypes and label keys come from the data's spec; a model with
+    named inputs is checked feature by feature (a missing feature, a string
+    column for a numeric input or the reverse, floats for an integer input),
+    naming the feature. Label values are
     checked against each head's contract (`mtk.heads.Head.check_label_values`):
     in-memory arrays whole, a `tf.data.Dataset` on its first batch (one batch
     is read; later batches are the training loop's to guard, see
