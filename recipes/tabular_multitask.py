@@ -92,9 +92,13 @@ def load_table(args, out):
     """
     import pandas as pd
 
+    oracle = None
     if not args.csv:
-        df = clicks.click_table(args.rows, seed=args.seed)
+        df = clicks.click_table(args.rows, seed=args.seed,
+                                with_probabilities=True)
         split = int(round(len(df) * (1 - args.test_fraction)))
+        oracle = df.iloc[split:]
+        df = df.drop(columns=["click_probability", "conversion_probability"])
         csv_dir = out / "csv"
         csv_dir.mkdir(parents=True, exist_ok=True)
         paths = {"train": str(csv_dir / "train.csv"),
@@ -108,7 +112,34 @@ def load_table(args, out):
         raise FileNotFoundError(f"--csv {paths['train']!r} matches no file.")
     adapt_df = pd.read_csv(first[0], nrows=args.adapt_rows,
                            keep_default_na=False, na_values=[""])
-    return paths, adapt_df
+    return paths, adapt_df, oracle
+
+
+def oracle_aucs(model, test, oracle):
+    """Click and conversion AUC of the model and of the true probabilities.
+
+    On the held-out rows of the synthetic table; conversion on clicked rows
+    only (where it counts). The true probabilities are the best any model
+    can do.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    predicted = model.predict(test.map(lambda x, y: x), verbose=0)
+    clicked = oracle["clicked"].to_numpy() == 1
+    rows = []
+    for head, label, truth, mask in (
+        ("click", "clicked", "click_probability", slice(None)),
+        ("conversion", "converted", "conversion_probability", clicked),
+    ):
+        y = oracle[label].to_numpy()[mask]
+        if len(set(y)) < 2:  # too few held-out rows for an AUC
+            continue
+        rows.append({
+            "head": head,
+            "model AUC": roc_auc_score(y, predicted[head][:, 0][mask]),
+            "true-probability AUC": roc_auc_score(y, oracle[truth].to_numpy()[mask]),
+        })
+    return rows
 
 
 def main(argv=None):
@@ -119,7 +150,7 @@ def main(argv=None):
 
     progress("Reading the table" + ("" if args.csv else
              f" (synthetic click log, {args.rows} rows, known structure)"))
-    paths, adapt_df = load_table(args, out)
+    paths, adapt_df, oracle = load_table(args, out)
     space = clicks.click_feature_space(adapt_df)
 
     progress(f"Building a tabular trunk ({args.hidden_units}) with "
@@ -153,6 +184,12 @@ def main(argv=None):
     progress(f"Evaluating on {paths['test']}; writing outputs to {out}")
     report = mtk.evaluation.write_report(model, test, out, history=history)
     print("\n" + mtk.evaluation.format_reports({"test": report["metrics"]}) + "\n")
+    if oracle is not None:
+        aucs = oracle_aucs(model, test, oracle)
+        print(mtk.evaluation.format_table(
+            aucs, title="Against the generator's true probabilities "
+                        "(conversion: clicked rows)") + "\n")
+        report["extra"] = {"oracle_auc": aucs}
     results = {
         "data": args.csv or f"mtk.data.clicks.click_table({args.rows}, "
                             f"seed={args.seed})",

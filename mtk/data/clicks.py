@@ -27,12 +27,16 @@ DEVICES = ("ios", "android", "web")
 NUM_CITIES = 1000
 
 
-def click_table(num_rows=10000, seed=0):
+def click_table(num_rows=10000, seed=0, with_probabilities=False):
     """The synthetic impressions table as a pandas DataFrame.
 
     Args:
         num_rows: rows (impressions).
         seed: the random seed; the same seed gives the same table.
+        with_probabilities: also return the true probabilities the labels
+            were drawn from (columns ``click_probability`` and
+            ``conversion_probability``): the best any model can do, to
+            judge one against. Never use them as features.
 
     Returns:
         A DataFrame with features ``age`` (float), ``country``, ``device``
@@ -64,11 +68,13 @@ def click_table(num_rows=10000, seed=0):
         1.5 * z * (device == "web") + np.vectorize(country_effect.get)(country)
         + interaction[c_index, d_index] + 0.8 * (city % 7 == 0) - 0.5
     )
-    clicked = rng.random(num_rows) < 1 / (1 + np.exp(-click_logit))
+    p_click = 1 / (1 + np.exp(-click_logit))
+    clicked = rng.random(num_rows) < p_click
     convert_logit = 1.2 * z - 1.0 * (device == "android") + 0.6 * (city % 5 == 0)
-    converted = clicked & (rng.random(num_rows) < 1 / (1 + np.exp(-convert_logit)))
+    p_convert = 1 / (1 + np.exp(-convert_logit))
+    converted = clicked & (rng.random(num_rows) < p_convert)
     spend = 40 + 10 * z + 5 * (country == "DE") + rng.normal(0, 3, num_rows)
-    return pd.DataFrame({
+    df = pd.DataFrame({
         "age": age,
         "country": country,
         "device": device,
@@ -77,6 +83,10 @@ def click_table(num_rows=10000, seed=0):
         "converted": converted.astype(float),
         "spend": np.where(converted, spend.round(2), np.nan),
     })
+    if with_probabilities:
+        df["click_probability"] = p_click
+        df["conversion_probability"] = p_convert
+    return df
 
 
 def click_feature_space(df):

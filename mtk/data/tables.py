@@ -248,11 +248,13 @@ def _csv_lines(files, batch_size, shuffle, seed, num_parallel_reads,
     paths = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         paths = paths.shuffle(len(files), seed=seed)
+    parallel = (
+        {"num_parallel_calls": num_parallel_reads, "deterministic": True}
+        if num_parallel_reads > 1 else {}
+    )
     blocks = paths.interleave(
         lambda path: tf.data.TextLineDataset(path).skip(1).batch(CSV_BLOCK_ROWS),
-        cycle_length=num_parallel_reads,
-        num_parallel_calls=num_parallel_reads if num_parallel_reads > 1 else None,
-        deterministic=True,
+        cycle_length=num_parallel_reads, **parallel,
     )
     if shuffle:
         window = max(1, -(-shuffle_buffer_size // CSV_BLOCK_ROWS))
