@@ -188,10 +188,12 @@ def test_image_path_column_is_loaded_and_resized(tmp_path):
         keras.utils.save_img(path, rng.integers(0, 255, (20, 24, 3)).astype("uint8"))
         paths.append(path)
     df = pd.DataFrame({"scan": paths, "age": [1.0, 2.0, 3.0], "sick": [1, 0, None]})
-    ds = mtk.data.from_dataframe(
-        df, features=["age"], images={"xray": "scan"}, image_size=(16, 16),
-        tasks={mtk.heads.Binary("sick"): "sick"})
-    x, y = next(iter(ds))
+    df.to_csv(tmp_path / "scans.csv", index=False)
+    kwargs = dict(features=["age"], images={"xray": "scan"}, image_size=(16, 16),
+                  tasks={mtk.heads.Binary("sick"): "sick"})
+    x, y = next(iter(mtk.data.from_dataframe(df, **kwargs)))
+    x_csv, _ = next(iter(mtk.data.from_csv(str(tmp_path / "scans.csv"), **kwargs)))
+    np.testing.assert_array_equal(x["xray"], x_csv["xray"])
     assert x["xray"].shape == (3, 16, 16, 3) and x["xray"].dtype == tf.float32
     expected = tf.image.resize(keras.utils.load_img(paths[0]), (16, 16))
     np.testing.assert_allclose(x["xray"][0], expected, atol=1e-4)
