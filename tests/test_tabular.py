@@ -383,7 +383,7 @@ def test_duplicate_column_names(table, tmp_path):
 @pytest.mark.parametrize("column, values, match", [
     ("clicked", 2.0, "Head 'click'.*label 2.0"),
     ("tier", 1.5, "tasks\\['tier'\\] reads column 'tier'.*1.5.*class id"),
-    ("segment", "z", "Head 'segment'.*label -2"),
+    ("segment", "z", "value 'z' at row 3.*not one of head 'segment'"),
 ])
 def test_task_column_that_does_not_fit_its_head(table, column, values, match):
     bad = table.copy()

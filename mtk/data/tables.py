@@ -544,6 +544,17 @@ class _Plan:
         for name, (head, source) in self.head_tasks.items():
             if isinstance(source, str) and head.label_kind == "class_id":
                 values = columns[source]
+                names = getattr(head, "class_names", None)
+                if values.dtype == object and names is not None:
+                    unknown = ~np.isin(values, list(names) + [""])
+                    if unknown.any():
+                        row = int(np.argmax(unknown))
+                        raise ValueError(
+                            f"tasks[{name!r}] reads column {source!r}, whose "
+                            f"value {values[row]!r} at row {row} {where} is "
+                            f"not one of head {name!r}'s class names "
+                            f"{list(names)}."
+                        )
                 if values.dtype.kind == "f":
                     fractional = ~np.isnan(values) & (np.mod(values, 1) != 0)
                     if fractional.any():
