@@ -433,3 +433,20 @@ def test_model_with_several_named_inputs_is_a_dict_input_trunk(tmp_path):
     assert not model.get_layer("trunk").trainable
     x = {"vitals": np.ones((2, 3), "float32"), "labs": np.zeros((2, 2), "float32")}
     run_model_saving_test(model, x, str(tmp_path / "m.keras"))
+
+
+def test_unfreeze_top_n_counts_the_pretrained_branch_of_a_combined_trunk(
+        feature_space):
+    trunk = mtk.trunks.combine(
+        {"xray": tiny_cnn(),
+         "record": mtk.trunks.tabular(feature_space, hidden_units=(4,))})
+    model = mtk.build_multitask_model(trunk, [mtk.heads.Binary("sick")])
+    assert mtk.unfreeze_trunk(model, "top:1") == 1
+    branches = {layer.name: layer for layer in model.trunk.layers
+                if isinstance(layer, keras.Model)}
+    xray = [(layer.name, layer.trainable) for layer in branches["xray_trunk"].layers[1:]]
+    assert xray == [("conv", False), ("bn", False), ("gap", True)]
+    assert all(w.trainable for w in branches["record_trunk"].trainable_weights)
+    assert branches["record_trunk"].trainable_weights
+    with pytest.raises(ValueError, match="names no layer of the trunk"):
+        mtk.unfreeze_trunk(model, "from:hidden_0")  # a tabular layer
