@@ -15,6 +15,7 @@ from mtk.sharing import get_sharing
 from mtk.training import check_learning_rate
 from mtk.training import get_optimizer
 from mtk.trunks import resolve_trunk
+from mtk.trunks import set_trunk_frozen
 from mtk.weighting import get_loss_weighting
 
 
@@ -49,7 +50,8 @@ def build_multitask_model(
         trunk: a keras.applications short name (see
             `mtk.trunks.APPLICATIONS`), a keras-hub text preset name or
             local preset / Hugging Face checkpoint directory, a ``.keras``
-            path, or a `keras.Model`.
+            path, a `keras.Model` (with one input or several named ones),
+            or a `mtk.trunks.tabular` / `mtk.trunks.combine` trunk.
         heads: list of `mtk.heads.Head` objects with distinct names.
         input_shape: per-example input shape (needed by keras.applications).
         trunk_weights: ``"pretrained"`` (default; ``"imagenet"`` too),
@@ -144,7 +146,8 @@ def build_multitask_model(
             adaptation=adaptation,
             name=name,
         )
-    model.trunk.trainable = not freeze_trunk
+    # Pretrained parts only: tabular parts train from scratch in any phase.
+    set_trunk_frozen(model.trunk, freeze_trunk)
     if compile:
         compile_multitask(
             model,

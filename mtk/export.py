@@ -12,6 +12,17 @@ Input (one, named after the model's input):
   graph;
 - ``inputs`` (model trunks): the trunk's own input.
 
+Models with named inputs (tabular trunks, combined image + table trunks,
+trunks with several named inputs) take one named input per feature, so a
+TF Serving ``instances`` row reads ``{"age": 41, "country": "DE", "xray":
+[...]}``: a column of scalars per table feature (shape ``(batch,)``), the
+raw value the FeatureSpace in the graph expects, and images as above.
+TFLite: numeric features (FeatureSpace ``float``, ``float_normalized``,
+``float_rescaled``) convert; categorical ones do not (string lookups,
+hashing and one-hot encoding are TensorFlow ops that TFLite's built-in op
+set lacks): `export_tflite` refuses them naming the ops; serve those models
+with `export_saved_model`.
+
 Outputs, per head:
 
 - ``<head>``: the head's output as ``model.predict`` gives it: class
@@ -32,6 +43,7 @@ they must be built mtk models with heads.
 
 import numbers
 import os
+import re
 import shutil
 import tempfile
 
@@ -120,6 +132,14 @@ def export_saved_model(
     ['item', 'item_class_id', 'item_class_name']
     """
     spec = _serving_spec(model, input_dtype)
+    if isinstance(spec.input, dict) and (
+        warmup_inputs is not None or reference_data is not None
+    ):
+        raise ValueError(
+            f"Model {model.name!r} takes named inputs {sorted(spec.input)}; "
+            "warmup_inputs and reference_data are supported for one-input "
+            "models only so far."
+        )
     version = _check_version(version)
     base_dir = os.fspath(base_dir)
     if os.path.exists(base_dir) and not os.path.isdir(base_dir):
@@ -216,7 +236,15 @@ def export_tflite(model, path, quantize=None, *, input_dtype=None):
             f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}."
         )
     spec = _serving_spec(model, input_dtype)
-    if spec.input.dtype == tf.string:
+    if isinstance(spec.input, dict):
+        strings = sorted(k for k, v in spec.input.items() if v.dtype == tf.string)
+        if strings:
+            raise ValueError(
+                f"export_tflite: model {model.name!r} takes string features "
+                f"{strings}, whose lookups need TensorFlow hash-table ops "
+                "that TFLite lacks. Serve it with export_saved_model."
+            )
+    elif spec.input.dtype == tf.string:
         raise ValueError(
             f"export_tflite converts image models; model {model.name!r} "
             f"takes text (input {spec.input.name!r}), whose tokenizer ops "
@@ -240,7 +268,19 @@ def export_tflite(model, path, quantize=None, *, input_dtype=None):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
-        flatbuffer = converter.convert()
+        try:
+            flatbuffer = converter.convert()
+        except Exception as error:
+            missing = re.search(r"TF Select ops: ([^\n]*)", str(error))
+            if missing is None or not isinstance(spec.input, dict):
+                raise
+            raise ValueError(
+                f"export_tflite: model {model.name!r} uses TensorFlow ops that "
+                f"TFLite lacks ({missing.group(1).strip()}), e.g. the one-hot "
+                "encoding, hashing or lookups of categorical features; TFLite "
+                "takes numeric features (float, float_normalized, "
+                "float_rescaled). Serve it with export_saved_model."
+            ) from None
     tmp_fd, tmp_path = tempfile.mkstemp(
         prefix=f".{os.path.basename(path)}.", dir=directory
     )
@@ -278,7 +318,8 @@ def _serving_spec(model, input_dtype):
         )
     heads = heads_of(model)
     inputs = getattr(model, "inputs", None)
-    if not inputs or len(inputs) != 1:
+    named = isinstance(getattr(model, "input", None), dict)
+    if not inputs or (len(inputs) != 1 and not named):
         raise ValueError(
             f"Model {model.name!r} must be a functional mtk model with one "
             "input to be exported."
@@ -298,6 +339,8 @@ def _serving_spec(model, input_dtype):
                     "the name of a head; rename one of the heads."
                 )
 
+    if named:
+        return _ServingSpec(model, _named_serving_spec(model, input_dtype), heads)
     model_input = inputs[0]
     dtype = tf.as_dtype(input_dtype or model_input.dtype)
     model_dtype = tf.as_dtype(model_input.dtype)
@@ -316,6 +359,32 @@ def _serving_spec(model, input_dtype):
     return _ServingSpec(model, input_spec, heads)
 
 
+def _named_serving_spec(model, input_dtype):
+    """One TensorSpec per named input; a column of scalars per (1,) feature."""
+    if input_dtype is not None:
+        raise ValueError(
+            f"input_dtype={input_dtype!r} applies to one-input models; model "
+            f"{model.name!r} takes named inputs {sorted(model.input)}, served "
+            "with their own dtypes."
+        )
+    spec = {}
+    for name, tensor in sorted(model.input.items()):
+        shape = tuple(tensor.shape)
+        if shape[1:] == (1,):
+            shape = shape[:1]
+        spec[name] = tf.TensorSpec(shape, tf.as_dtype(tensor.dtype), name=name)
+    return spec
+
+
+def _to_model_input(value, tensor):
+    """A served feature as the model's input ``tensor`` takes it."""
+    if value.dtype != tf.string:
+        value = tf.cast(value, tensor.dtype)
+    if len(value.shape) == len(tensor.shape) - 1:
+        value = tf.expand_dims(value, -1)
+    return value
+
+
 def _extra_output_keys(head):
     if not isinstance(head, Classification):
         return ()
@@ -327,6 +396,7 @@ def _extra_output_keys(head):
 def _serving_fn(spec):
     model = spec.model
     model_dtype = model.inputs[0].dtype
+    named = isinstance(spec.input, dict)
     class_names = {
         name: tf.constant(list(head.class_names))
         for name, head in spec.heads.items()
@@ -334,7 +404,10 @@ def _serving_fn(spec):
     }
 
     def serve(inputs):
-        if spec.input.dtype != tf.string:
+        if named:
+            inputs = {k: _to_model_input(v, model.input[k])
+                      for k, v in sorted(inputs.items())}
+        elif spec.input.dtype != tf.string:
             inputs = tf.cast(inputs, model_dtype)
         predictions = model(inputs, training=False)
         outputs = {name: predictions[name] for name in spec.heads}

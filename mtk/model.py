@@ -44,6 +44,8 @@ from mtk.losses import MaskedMetric
 from mtk.sharing import get_sharing
 from mtk.trunks import TRUNK_NAME
 from mtk.trunks import TrunkParts
+from mtk.trunks import input_config
+from mtk.trunks import named_inputs
 from mtk.weighting import get_loss_weighting
 
 # Output keys of the shared features in the internal features view; they are
@@ -157,8 +159,11 @@ class MultiTaskModel(keras.Model):
             a model.
         heads: `mtk.heads.Head` objects with distinct names.
         input_shape: the raw input's per-example shape (default: the
-            trunk's input shape).
-        input_dtype: the raw input's dtype (default: the trunk's).
+            trunk's input shape); a dict ``{name: shape}`` for a trunk with
+            named inputs (default: the trunk's, so the model's input is the
+            same dict).
+        input_dtype: the raw input's dtype (default: the trunk's); a dict
+            for named inputs.
         input_name: the input's name, the serving signature's input key.
         preprocessing: a layer between the raw input and the trunk (e.g.
             `mtk.preprocessing.ApplicationPreprocessing`), or None.
@@ -218,6 +223,12 @@ class MultiTaskModel(keras.Model):
                 f"{trunk!r}. mtk.build_multitask_model(trunk=...) wraps any "
                 "keras.Model."
             )
+        named = named_inputs(trunk) if preprocessing is None else None
+        if named is not None and input_shape is None:
+            # A trunk with named inputs (a table's columns, a combined
+            # trunk): the model takes the same dict.
+            input_shape = {k: tuple(x.shape[1:]) for k, x in named.items()}
+            input_dtype = {k: x.dtype for k, x in named.items()}
         if input_shape is None:
             if preprocessing is not None:
                 raise ValueError(
@@ -227,8 +238,18 @@ class MultiTaskModel(keras.Model):
             input_shape = tuple(trunk.inputs[0].shape[1:])
         if input_dtype is None:
             input_dtype = trunk.inputs[0].dtype if preprocessing is None else "float32"
+        if not isinstance(input_shape, dict):
+            input_shape = tuple(input_shape)
+        else:
+            clash = sorted(set(input_shape) & {head.name for head in heads})
+            if clash:
+                raise ValueError(
+                    f"Head(s) {clash} have the name of an input feature; "
+                    "inputs and outputs share one namespace (the served "
+                    "signature's keys): rename the head(s)."
+                )
         parts = TrunkParts(
-            trunk, tuple(input_shape), input_dtype, input_name, preprocessing
+            trunk, input_shape, input_dtype, input_name, preprocessing
         )
 
         # === Functional model ===
@@ -249,11 +270,7 @@ class MultiTaskModel(keras.Model):
         object.__setattr__(self, "_shared_layers", list(connection.shared_layers))
         self.preprocessing = preprocessing
         self.heads = {head.name: head for head in heads}
-        self._input_config = {
-            "input_shape": list(parts.input_shape),
-            "input_dtype": keras.backend.standardize_dtype(input_dtype),
-            "input_name": input_name,
-        }
+        self._input_config = input_config(parts)
         weighting.setup(list(self.heads))
         self.loss_weighting = weighting
         # Each head's own (unweighted, masked) loss, built once.

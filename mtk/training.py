@@ -29,6 +29,8 @@ from mtk.heads import check_labels
 from mtk.heads import check_loss_weights
 from mtk.heads import heads_of
 from mtk.trunks import get_trunk
+from mtk.trunks import pretrained_parts
+from mtk.trunks import set_trunk_frozen
 
 
 def get_optimizer(optimizer="adam", learning_rate=None):
@@ -80,7 +82,11 @@ def get_optimizer(optimizer="adam", learning_rate=None):
 
 
 def freeze_trunk(model):
-    """Freezes the whole trunk (phase 1). Recompile afterwards.
+    """Freezes the trunk (phase 1). Recompile afterwards.
+
+    Only pretrained parts freeze: a tabular trunk, and the tabular branches
+    and fusion layers of a combined one, stay trainable
+    (`mtk.trunks.pretrained_parts`).
 
     Example:
 
@@ -88,7 +94,7 @@ def freeze_trunk(model):
     >>> model.get_layer("trunk").trainable
     False
     """
-    get_trunk(model).trainable = False
+    set_trunk_frozen(get_trunk(model), True)
 
 
 def _trunk_layers(trunk):
@@ -139,7 +145,22 @@ def check_unfreeze(model, unfreeze):
     ...
     ValueError: unfreeze='from:no_such_layer' names no layer of the trunk; ...
     """
-    _unfreeze_start(_trunk_layers(get_trunk(model)), unfreeze)
+    _unfreeze_start(_trunk_layers(_unfreeze_target(model, unfreeze)), unfreeze)
+
+
+def _unfreeze_target(model, unfreeze):
+    """The trunk part whose layers ``unfreeze`` counts: the pretrained one."""
+    trunk = get_trunk(model)
+    parts = pretrained_parts(trunk)
+    if len(parts) == 1:
+        return parts[0]
+    if unfreeze != "all":
+        raise ValueError(
+            f"unfreeze={unfreeze!r} counts the layers of one pretrained "
+            f"trunk, but trunk {trunk.name!r} has {len(parts)} pretrained "
+            f"parts ({[p.name for p in parts]}); use unfreeze='all'."
+        )
+    return trunk
 
 
 def unfreeze_trunk(model, unfreeze="all"):
@@ -163,15 +184,21 @@ def unfreeze_trunk(model, unfreeze="all"):
     20
     """
     trunk = get_trunk(model)
-    layers = _trunk_layers(trunk)
+    target = _unfreeze_target(model, unfreeze)
+    layers = _trunk_layers(target)
     start = _unfreeze_start(layers, unfreeze)
     trunk.trainable = True
+    if target is not trunk or not pretrained_parts(trunk):
+        # A combined trunk: its one pretrained branch is counted (the other
+        # parts are trainable throughout); a tabular trunk: all trainable.
+        target.trainable = True
     for index, layer in enumerate(layers):
         layer.trainable = index >= start
     # _flatten_layers reaches BatchNormalization nested in sub-layers too.
-    for layer in trunk._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
+    for part in pretrained_parts(trunk):
+        for layer in part._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
     return len(layers) - start
 
 
@@ -210,7 +237,10 @@ def recompile(model, learning_rate=None):
 def check_training_data(model, x, y=None, *, source=None):
     """Checks inputs and labels against the model before any training.
 
-    Shapes, dtypes and label keys come from the data's spec. Label values are
+    Shapes, dtypes and label keys come from the data's spec; a model with
+    named inputs is checked feature by feature (a missing feature, a string
+    column for a numeric input or the reverse, floats for an integer input),
+    naming the feature. Label values are
     checked against each head's contract (`mtk.heads.Head.check_label_values`):
     in-memory arrays whole, a `tf.data.Dataset` on its first batch (one batch
     is read; later batches are the training loop's to guard, see
@@ -355,6 +385,8 @@ def _array_spec(array):
 
 
 def _check_inputs(model, spec):
+    if isinstance(model.input, dict):
+        return _check_named_inputs(model, spec)
     expected = model.inputs[0]
     if not isinstance(spec, tf.TensorSpec):
         raise ValueError(
@@ -376,6 +408,43 @@ def _check_inputs(model, spec):
             f"Input {expected.name!r} takes {expected.dtype} data; the data "
             f"is {spec.dtype.name}."
         )
+
+
+def _check_named_inputs(model, spec):
+    """Checks dict inputs feature by feature, naming the one at fault."""
+    expected = model.input
+    if not isinstance(spec, dict):
+        raise ValueError(
+            f"Model {model.name!r} takes a dict of named inputs "
+            f"{sorted(expected)}; the data's inputs are {spec}."
+        )
+    missing = sorted(set(expected) - set(spec))
+    if missing:
+        raise ValueError(
+            f"Model {model.name!r} takes input(s) {missing}, which the data "
+            f"lacks (it has {sorted(spec)})."
+        )
+    for name, tensor in expected.items():
+        got, want = spec[name], tuple(tensor.shape[1:])
+        shape = tuple(got.shape[1:])
+        if want[-1:] == (1,) and len(shape) == len(want) - 1:
+            shape = shape + (1,)  # a column of scalars, as Keras expands it
+        if len(shape) != len(want) or any(
+            w is not None and g is not None and w != g
+            for w, g in zip(want, shape)
+        ):
+            raise ValueError(
+                f"Input {name!r} takes examples of shape {want}; the data's "
+                f"are {tuple(got.shape[1:])}."
+            )
+        dtype = tf.as_dtype(tensor.dtype)
+        if (dtype == tf.string) != (got.dtype == tf.string) or (
+            dtype.is_integer and got.dtype.is_floating
+        ):
+            raise ValueError(
+                f"Input {name!r} takes {dtype.name} data; the data's column "
+                f"is {got.dtype.name}."
+            )
 
 
 class NonFiniteLossError(FloatingPointError):

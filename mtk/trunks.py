@@ -6,7 +6,20 @@
 - a keras-hub text preset name, or a local preset directory, including a
   local Hugging Face checkpoint directory that keras-hub converts;
 - a path to a saved ``.keras`` model;
-- a `keras.Model`.
+- a `keras.Model`, with one input or several named ones (a dict of
+  inputs, e.g. raw table columns);
+- `tabular` (a `keras.utils.FeatureSpace` with dense layers on top) and
+  `combine` (several trunks, e.g. an image and a table, read as one).
+
+Dict inputs: a trunk with several named inputs makes a model whose input is
+a dict keyed by those names (one entry per feature), and whose served
+signature has one named input per feature (`mtk.export`).
+
+What freezing acts on (`pretrained_parts`): a pretrained trunk is frozen in
+phase 1 of transfer learning and unfrozen in phase 2. A tabular trunk is
+trained from scratch, so it stays trainable throughout; in a combined trunk
+only the pretrained branches freeze and unfreeze, while tabular branches
+and the fusion layers train in both phases.
 
 `build_trunk` returns the model input and the pooled feature vector the heads
 read. The trunk itself is one nested model named ``"trunk"``; the input
@@ -95,10 +108,13 @@ class TrunkParts:
 
     Attributes:
         trunk: the pretrained network, a `Trunk` named ``"trunk"``.
-        input_shape: the model input's per-example shape.
-        input_dtype: the model input's dtype (``"string"`` for text).
+        input_shape: the model input's per-example shape; for a trunk with
+            named inputs, a dict ``{input name: shape}``.
+        input_dtype: the model input's dtype (``"string"`` for text); a dict
+            ``{input name: dtype}`` for named inputs.
         input_name: the model input's name (``"image"``, ``"text"`` or
-            ``"inputs"``): the serving signature's input key.
+            ``"inputs"``): the serving signature's input key. Unused with
+            named inputs (their names are the keys).
         preprocessing: the layer between the raw input and the trunk, or None.
     """
 
@@ -142,10 +158,18 @@ def trunk_inputs(parts):
     >>> inputs.name, x.shape, mask is None
     ('image', (None, 32, 32, 3), True)
     """
-    inputs = keras.Input(
-        shape=tuple(parts.input_shape), dtype=parts.input_dtype,
-        name=parts.input_name,
-    )
+    if isinstance(parts.input_shape, dict):
+        inputs = {
+            name: keras.Input(
+                shape=tuple(shape), dtype=parts.input_dtype[name], name=name
+            )
+            for name, shape in sorted(parts.input_shape.items())
+        }
+    else:
+        inputs = keras.Input(
+            shape=tuple(parts.input_shape), dtype=parts.input_dtype,
+            name=parts.input_name,
+        )
     x = inputs if parts.preprocessing is None else parts.preprocessing(inputs)
     # Text preprocessing returns token ids with their padding mask: pool
     # over real tokens only (the sentence embedding of sentence-transformers).
@@ -196,6 +220,10 @@ def resolve_trunk(
     ('trunk', 'image')
     """
     _check_weights_argument(trunk_weights)
+    if isinstance(trunk, (TabularTrunk, CombinedTrunk)):
+        # Built by tabular() / combine(): trained from scratch, or with the
+        # pretrained weights combine() already loaded.
+        return _named_inputs_trunk(trunk, trunk.output)
     if trunk_output is not None and not (
         isinstance(trunk, keras.Model)
         or (isinstance(trunk, str) and trunk.endswith(".keras"))
@@ -432,10 +460,12 @@ def _application_trunk(name, input_shape, trunk_weights, trunk_output=None):
 
 
 def _model_trunk(model, input_shape, trunk_weights, trunk_output):
-    if len(model.inputs) != 1:
+    named = named_inputs(model) is not None
+    if named and input_shape is not None:
         raise ValueError(
-            f"A model trunk must have one input; {model.name!r} has "
-            f"{len(model.inputs)}."
+            f"input_shape={input_shape!r}: trunk {model.name!r} has named "
+            f"inputs {sorted(named_inputs(model))}, whose shapes are its own; "
+            "leave input_shape out."
         )
     if trunk_weights is None:
         # Same architecture, fresh initial weights.
@@ -449,6 +479,11 @@ def _model_trunk(model, input_shape, trunk_weights, trunk_output):
                 f"Model trunk {model.name!r} has {len(model.outputs)} outputs; "
                 "pick one with trunk_output=<layer name>."
             )
+    if named:
+        parts = _named_inputs_trunk(model, output)
+        if _weights_file(trunk_weights):
+            parts.trunk.load_weights(_weights_file(trunk_weights))
+        return parts
     trunk = Trunk(model.inputs, output, name=TRUNK_NAME)
     if _weights_file(trunk_weights):
         trunk.load_weights(_weights_file(trunk_weights))
@@ -506,3 +541,347 @@ def _keras_hub_text_trunk(preset, trunk_weights, sequence_length):
         trunk, (), "string", "text",
         TextPreprocessing(preprocessor, name="preprocessing"),
     )
+
+
+# === Named (dict) inputs, tabular and combined trunks ===
+
+
+def named_inputs(model):
+    """``{name: input}`` of a model with several or dict inputs, else None.
+
+    Example:
+
+    >>> age = keras.Input((1,), name="age")
+    >>> country = keras.Input((1,), dtype="string", name="country")
+    >>> model = keras.Model({"age": age, "country": country}, age)
+    >>> sorted(mtk.trunks.named_inputs(model))
+    ['age', 'country']
+    """
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):  # e.g. a Sequential never called
+        structure = None
+    if isinstance(structure, dict):
+        return dict(structure)
+    if len(model.inputs or ()) <= 1:
+        return None
+    names = [tensor.name for tensor in model.inputs]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise ValueError(
+            f"Trunk {model.name!r} has several inputs named {duplicated}; "
+            "name each input (keras.Input(..., name=...)): the names are the "
+            "model's input keys and the served features."
+        )
+    return dict(zip(names, model.inputs))
+
+
+def _named_inputs_trunk(model, output):
+    """`TrunkParts` of a trunk whose inputs are named (a dict)."""
+    inputs = named_inputs(model)
+    cls = type(model) if isinstance(model, Trunk) else Trunk
+    trunk = cls(inputs, output, name=TRUNK_NAME)
+    return TrunkParts(
+        trunk,
+        {name: tuple(x.shape[1:]) for name, x in inputs.items()},
+        {name: keras.backend.standardize_dtype(x.dtype)
+         for name, x in inputs.items()},
+        None,
+    )
+
+
+def input_config(parts):
+    """The serializable input arguments of a model over ``parts``."""
+    if isinstance(parts.input_shape, dict):
+        return {
+            "input_shape": {k: list(v) for k, v in parts.input_shape.items()},
+            "input_dtype": {
+                k: keras.backend.standardize_dtype(v)
+                for k, v in parts.input_dtype.items()
+            },
+            "input_name": None,
+        }
+    return {
+        "input_shape": list(parts.input_shape),
+        "input_dtype": keras.backend.standardize_dtype(parts.input_dtype),
+        "input_name": parts.input_name,
+    }
+
+
+@keras.saving.register_keras_serializable(package="mtk")
+class TabularTrunk(Trunk):
+    """A trunk over table columns, trained from scratch (see `tabular`).
+
+    Freezing leaves it trainable: it has nothing pretrained to keep.
+    """
+
+
+@keras.saving.register_keras_serializable(package="mtk")
+class CombinedTrunk(Trunk):
+    """Several trunks read as one representation (see `combine`).
+
+    Its branches are nested models named ``"<key>_trunk"``; freezing acts on
+    the pretrained ones only.
+    """
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # Each branch revives its own flags (Trunk.from_config); re-applying
+        # a branch's flag here would overwrite its layers' (a
+        # BatchNormalization kept frozen inside an unfrozen branch).
+        return super(Trunk, cls).from_config(config, custom_objects)
+
+
+def pretrained_parts(trunk):
+    """The parts of ``trunk`` that freezing and unfreezing act on.
+
+    A `TabularTrunk` has none (it trains from scratch, in both phases); a
+    `CombinedTrunk` has its pretrained branches (not its tabular branches
+    or fusion layers); any other trunk is one pretrained part.
+
+    Example:
+
+    >>> parts = mtk.trunks.resolve_trunk(
+    ...     "mobilenet_v3_small", input_shape=(32, 32, 3), trunk_weights=None)
+    >>> mtk.trunks.pretrained_parts(parts.trunk) == [parts.trunk]
+    True
+    """
+    if isinstance(trunk, TabularTrunk):
+        return []
+    if isinstance(trunk, CombinedTrunk):
+        return [
+            layer for layer in trunk.layers
+            if isinstance(layer, keras.Model)
+            and not isinstance(layer, TabularTrunk)
+        ]
+    return [trunk]
+
+
+def set_trunk_frozen(trunk, frozen):
+    """Freezes (or makes trainable) the pretrained parts of ``trunk``.
+
+    Everything else in the trunk (tabular branches, fusion layers) is left
+    trainable. Recompile afterwards.
+    """
+    parts = pretrained_parts(trunk)
+    if parts != [trunk]:
+        trunk.trainable = True
+    for part in parts:
+        part.trainable = not frozen
+
+
+def tabular(
+    feature_space,
+    hidden_units=(64,),
+    *,
+    embedding_dim=8,
+    activation="relu",
+    dropout=0.0,
+    name="tabular",
+):
+    """A trunk over raw table columns: a FeatureSpace, then dense layers.
+
+    The adapted `keras.utils.FeatureSpace` does the preprocessing (numeric
+    normalisation, string / integer categoricals, hashing, crosses) inside
+    the model, so the model, and its export, take raw column values: one
+    named input per feature. Features that the FeatureSpace encodes as
+    integer indices (``output_mode="int"``, for high-cardinality columns;
+    build the FeatureSpace with ``output_mode="dict"``) get an embedding.
+    Unseen categories are handled as the FeatureSpace says (its
+    out-of-vocabulary index, or the hash bucket).
+
+    Args:
+        feature_space: an adapted `keras.utils.FeatureSpace`.
+        hidden_units: sizes of the dense layers on the encoded features.
+        embedding_dim: the embedding size of integer-encoded features: an
+            int, or a dict ``{feature: size}`` (others get 8).
+        activation: the dense layers' activation.
+        dropout: dropout rate after each dense layer (0: none).
+        name: the model's name.
+
+    Returns:
+        A `TabularTrunk`: a functional model from the dict of raw inputs to
+        a ``(batch, hidden_units[-1])`` feature vector, for ``trunk=`` of
+        `mtk.build_multitask_model` or a branch of `combine`.
+
+    Example:
+
+    >>> FS = keras.utils.FeatureSpace
+    >>> fs = FS({"age": FS.float_normalized(),
+    ...          "country": FS.string_categorical(output_mode="int")},
+    ...         output_mode="dict")
+    >>> fs.adapt({"age": np.array([20.0, 40.0]),
+    ...           "country": np.array(["DE", "FR"])})
+    >>> trunk = mtk.trunks.tabular(fs, hidden_units=(16,))
+    >>> sorted(trunk.input), trunk.output.shape
+    (['age', 'country'], (None, 16))
+    """
+    if not isinstance(feature_space, keras.utils.FeatureSpace):
+        raise TypeError(
+            "tabular() takes a keras.utils.FeatureSpace, got "
+            f"{type(feature_space).__name__}."
+        )
+    try:
+        encoded = feature_space.get_encoded_features()
+    except ValueError as error:
+        raise ValueError(
+            f"tabular(): the FeatureSpace is not ready: {error}"
+        ) from error
+    if isinstance(encoded, dict):
+        pieces = []
+        for feature in sorted(encoded):
+            x = encoded[feature]
+            dtype = keras.backend.standardize_dtype(x.dtype)
+            if dtype == "string":
+                raise ValueError(
+                    f"tabular(): feature {feature!r} is still strings after "
+                    "the FeatureSpace; encode it (e.g. "
+                    "FeatureSpace.string_categorical())."
+                )
+            if "int" in dtype:
+                dim = (
+                    embedding_dim.get(feature, 8)
+                    if isinstance(embedding_dim, dict) else embedding_dim
+                )
+                x = keras.layers.Embedding(
+                    _cardinality(feature_space, feature), int(dim),
+                    name=f"{feature}_embedding",
+                )(x)
+                x = keras.layers.Flatten(name=f"{feature}_embedded")(x)
+            pieces.append(x)
+        x = (
+            keras.layers.Concatenate(name="encoded_features")(pieces)
+            if len(pieces) > 1 else pieces[0]
+        )
+    else:
+        x = encoded
+    for i, units in enumerate(hidden_units):
+        x = keras.layers.Dense(units, activation=activation, name=f"hidden_{i}")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
+    return TabularTrunk(feature_space.get_inputs(), x, name=name)
+
+
+def _cardinality(feature_space, feature):
+    layer = feature_space.preprocessors.get(feature) or feature_space.crossers.get(
+        feature
+    )
+    if isinstance(layer, (keras.layers.StringLookup, keras.layers.IntegerLookup)):
+        return layer.vocabulary_size()
+    if isinstance(
+        layer,
+        (keras.layers.Hashing, keras.layers.HashedCrossing,
+         keras.layers.Discretization),
+    ):
+        return layer.num_bins
+    raise ValueError(
+        f"tabular(): feature {feature!r} is integer-encoded by a "
+        f"{type(layer).__name__}, whose number of values is unknown; give it "
+        "a lookup, hashing or discretization preprocessor."
+    )
+
+
+def combine(
+    trunks,
+    *,
+    input_shapes=None,
+    trunk_weights="pretrained",
+    hidden_units=(),
+    activation="relu",
+):
+    """Several trunks (e.g. an image and a table) as one shared representation.
+
+    Each branch reads its own input(s): an image trunk reads the input named
+    by its key (``"xray"``), a tabular trunk its feature columns. Their
+    pooled features are concatenated, then optional dense fusion layers
+    follow. Each branch's preprocessing is inside the trunk.
+
+    Freezing (phase 1 of `mtk.fit_transfer`) and unfreezing (phase 2) act on
+    the pretrained branches only; tabular branches and the fusion layers
+    train in both phases (`pretrained_parts`).
+
+    Args:
+        trunks: dict ``{key: trunk}``; each trunk is anything ``trunk=``
+            takes (a keras.applications name, a keras-hub preset, a
+            ``.keras`` path, a `keras.Model`, a `tabular` trunk).
+        input_shapes: dict ``{key: input shape}`` for the branches that
+            need one (keras.applications).
+        trunk_weights: as for `mtk.build_multitask_model`, for the
+            pretrained branches (tabular ones are trained from scratch).
+        hidden_units: sizes of dense fusion layers on the concatenation.
+        activation: their activation.
+
+    Returns:
+        A `CombinedTrunk` named ``"trunk"``, for ``trunk=``.
+
+    Example:
+
+    >>> FS = keras.utils.FeatureSpace
+    >>> fs = FS({"age": FS.float_normalized()})
+    >>> fs.adapt({"age": np.array([20.0, 40.0])})
+    >>> trunk = mtk.trunks.combine(
+    ...     {"xray": "mobilenet_v3_small",
+    ...      "record": mtk.trunks.tabular(fs, hidden_units=(8,))},
+    ...     input_shapes={"xray": (32, 32, 3)}, trunk_weights=None)
+    >>> sorted(trunk.input), [p.name for p in mtk.trunks.pretrained_parts(trunk)]
+    (['age', 'xray'], ['xray_trunk'])
+    """
+    if not isinstance(trunks, dict) or not trunks:
+        raise ValueError(
+            "combine() takes a non-empty dict {key: trunk}, e.g. {'xray': "
+            f"'mobilenet_v3_small', 'record': tabular_trunk}}; got {trunks!r}."
+        )
+    input_shapes = dict(input_shapes or {})
+    unknown = sorted(set(input_shapes) - set(trunks))
+    if unknown:
+        raise ValueError(
+            f"input_shapes names {unknown}, which are not keys of trunks "
+            f"({sorted(trunks)})."
+        )
+    inputs, features = {}, []
+    for key, source in trunks.items():
+        if isinstance(source, (TabularTrunk, CombinedTrunk)):
+            parts = _named_inputs_trunk(source, source.output)
+        else:
+            parts = resolve_trunk(
+                source, input_shape=input_shapes.get(key),
+                trunk_weights=trunk_weights,
+            )
+        branch_class = type(parts.trunk)
+        branch = branch_class(
+            parts.trunk.input, parts.trunk.output, name=f"{key}_trunk"
+        )
+        if isinstance(parts.input_shape, dict):
+            branch_inputs = {
+                name: keras.Input(tuple(shape), dtype=parts.input_dtype[name],
+                                  name=name)
+                for name, shape in sorted(parts.input_shape.items())
+            }
+            x, mask = branch_inputs, None
+        else:
+            branch_inputs = {key: keras.Input(
+                tuple(parts.input_shape), dtype=parts.input_dtype, name=key)}
+            x = branch_inputs[key]
+            if parts.preprocessing is not None:
+                config = dict(parts.preprocessing.get_config())
+                config["name"] = f"{key}_preprocessing"
+                x = type(parts.preprocessing).from_config(config)(x)
+            mask = x.get("padding_mask") if isinstance(x, dict) else None
+        clash = sorted(set(branch_inputs) & set(inputs))
+        if clash:
+            raise ValueError(
+                f"combine(): input(s) {clash} of branch {key!r} clash with "
+                "another branch's inputs; every input (branch key of an image "
+                "or text trunk, feature of a tabular one) needs its own name."
+            )
+        inputs.update(branch_inputs)
+        features.append(
+            pool_features(branch(x), mask, name=f"{key}_pooling")
+        )
+    x = (
+        keras.layers.Concatenate(name="combined_features")(features)
+        if len(features) > 1 else features[0]
+    )
+    for i, units in enumerate(hidden_units):
+        x = keras.layers.Dense(units, activation=activation, name=f"fusion_{i}")(x)
+    return CombinedTrunk(dict(sorted(inputs.items())), x, name=TRUNK_NAME)

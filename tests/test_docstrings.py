@@ -26,6 +26,8 @@ MODULES = [
     "mtk.data.mixing",
     "mtk.data.multi_fashion",
     "mtk.data.synthetic",
+    "mtk.data.tables",
+    "mtk.data.clicks",
     "mtk.data.tfds_pipeline",
     "mtk.distribute",
     "mtk.evaluation",

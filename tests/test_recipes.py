@@ -43,8 +43,9 @@ def assert_accuracy_agrees_with_confusion(results, heads):
         assert reported == pytest.approx(recomputed, abs=1e-6), head
 
 
-@pytest.mark.parametrize("name", ["image_multitask", "face_attributes", "text_multitask",
-                                  "domain_adaptation"])
+@pytest.mark.parametrize(
+    "name", ["image_multitask", "face_attributes", "text_multitask", "domain_adaptation",
+             "tabular_multitask"])
 def test_help_shows_defaults(name, capsys):
     recipe = load_recipe(name)
     with pytest.raises(SystemExit) as exit_info:
@@ -131,6 +132,20 @@ def test_text_multitask_on_the_example_file(tmp_path):
     assert np.sum(results["evaluation"]["confusion"]["topic"]) <= n_test
     # Missing labels are skipped alike by the metrics and the matrices.
     assert_accuracy_agrees_with_confusion(results, ["spam", "topic", "sentiment"])
+
+
+@pytest.mark.slow
+def test_tabular_multitask_offline_streams_csv(tmp_path):
+    out = tmp_path / "out"
+    results = load_recipe("tabular_multitask").main([
+        "--output-dir", str(out), "--rows", "300", "--epochs", "1",
+        "--batch-size", "64", "--hidden-units", "8", "--verbose", "0",
+    ])
+    assert_outputs(out, ["click", "conversion", "spend"], ["click", "conversion"])
+    assert (out / "csv" / "train.csv").is_file()
+    model = keras.saving.load_model(out / "model.keras")
+    assert sorted(model.input) == ["age", "city_id", "country", "device"]
+    assert results["train"] == str(out / "csv" / "train.csv")
 
 
 def test_read_tsv_heads_labels_and_errors(tmp_path):

@@ -1,6 +1,8 @@
 """Input pipelines for multi-task models.
 
 - `from_tfds`: a TensorFlow Datasets dataset → ``(inputs, {head: label})``.
+- `from_dataframe` / `from_csv`: a table (pandas, or CSV files streamed)
+  → ``({feature: column}, {head: label})``, with per-head sample weights.
 - `mix`: interleave pipelines whose examples label different heads; the
   labels a source lacks get the missing-label sentinel. `with_domain` adds
   the domain label of domain adaptation (`mtk.adaptation`).
@@ -16,6 +18,8 @@
 - `MapAugmentation`: flips and crops of images and their label maps
   together; `NYU_DEPTH_V2_TASKS` / `CITYSCAPES_TASKS`: ``tasks=`` of
   `from_tfds` for those TFDS datasets (dense heads).
+- `clicks.click_table`: a synthetic click / conversion table of known
+  structure (ESMM's setting), with its FeatureSpace and heads.
 - `mmoe_synthetic` / `MMoESynthetic`: the MMoE paper's synthetic regression
   pair (Ma et al. 2018, Sec. 3), whose task correlation you set.
 """
@@ -24,6 +28,7 @@ from mtk.data.dense import CITYSCAPES_CLASS_NAMES
 from mtk.data.dense import CITYSCAPES_TASKS
 from mtk.data.dense import NYU_DEPTH_V2_TASKS
 from mtk.data.dense import MapAugmentation
+from mtk.data import clicks
 from mtk.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASS_NAMES
 from mtk.data.fashion_mnist import load_fashion_mnist
 from mtk.data.fashion_shift import dann_cnn
@@ -44,6 +49,8 @@ from mtk.data.multi_fashion import multi_fashion_dense_heads
 from mtk.data.multi_fashion import multi_fashion_heads
 from mtk.data.synthetic import MMoESynthetic
 from mtk.data.synthetic import mmoe_synthetic
+from mtk.data.tables import from_csv
+from mtk.data.tables import from_dataframe
 from mtk.data.tfds_pipeline import from_tfds
 
 __all__ = [
@@ -58,6 +65,8 @@ __all__ = [
     "dann_cnn",
     "fashion_cnn",
     "fashion_mnist_m",
+    "from_csv",
+    "from_dataframe",
     "from_tfds",
     "label_spec",
     "load_fashion_mnist",
