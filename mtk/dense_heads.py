@@ -793,15 +793,49 @@ def reads_feature_map(head):
     return bool(getattr(head, "reads_feature_map", False))
 
 
-def connect_dense(sharing, parts, heads):
-    """Connects dense and image-level heads to one trunk (hard sharing).
+def _connect_own_maps(sharing, parts, heads, dense):
+    """Dense heads under a sharing method that gives each head its own map."""
+    names = [head.name for head in dense]
+    if not sharing.feature_maps:
+        raise ValueError(
+            f"sharing={sharing!r} gives each head a pooled vector; dense "
+            f"heads {names} decode a feature map and need sharing='hard', "
+            "MTAN or CrossStitch."
+        )
+    with_skip = [head.name for head in dense if head.skip is not None]
+    if with_skip:
+        raise ValueError(
+            f"Dense heads {with_skip} have skip=, which only hard sharing "
+            f"feeds (under {type(sharing).__name__} each head reads its own "
+            "map, and the earlier layers are shared or copied); drop skip=."
+        )
+    connection = sharing.connect(parts, [head.name for head in heads], maps=names)
+    for head in dense:
+        shape = tuple(connection.features[head.name].shape)
+        if len(shape) != 4:
+            raise ValueError(
+                f"Head {head.name!r} ({type(head).__name__}) decodes a feature "
+                f"map (batch, height, width, channels), but "
+                f"{type(sharing).__name__} gives it shape {shape}. Cut the "
+                "trunk at a feature map with trunk_output=<layer name>; "
+                f"candidates: {feature_map_layers(parts.trunk)}."
+            )
+        head.resolve_output_size(parts.input_shape)
+    return connection
 
-    Dense heads read the trunk's feature map (and their ``skip`` layer);
-    image-level heads read its pooled vector (one pooling layer named
-    ``"pooling"``, as with hard sharing).
+
+def connect_dense(sharing, parts, heads):
+    """Connects dense and image-level heads to the trunk.
+
+    Hard sharing: dense heads read the trunk's feature map (and their
+    ``skip`` layer); image-level heads read its pooled vector (one pooling
+    layer named ``"pooling"``). MTAN and cross-stitch, whose heads each
+    read a map of their own: each dense head decodes its own map (no
+    ``skip``), each image-level head pools its own.
 
     Args:
-        sharing: the model's sharing method (only hard sharing is supported).
+        sharing: the model's sharing method (hard, MTAN or cross-stitch;
+            MMoE / CGC / PLE mix pooled vectors and cannot feed a decoder).
         parts: a `mtk.trunks.TrunkParts`.
         heads: the model's heads.
 
@@ -823,11 +857,7 @@ def connect_dense(sharing, parts, heads):
 
     dense = [head for head in heads if reads_feature_map(head)]
     if not isinstance(sharing, HardSharing):
-        raise ValueError(
-            f"sharing={sharing!r} gives each head a pooled vector; dense "
-            f"heads {[h.name for h in dense]} decode the trunk's feature map "
-            "and need sharing='hard'."
-        )
+        return _connect_own_maps(sharing, parts, heads, dense)
     trunk = parts.trunk
     if isinstance(trunk.outputs, dict) or len(trunk.outputs) != 1:
         raise ValueError(

@@ -235,11 +235,64 @@ def test_unknown_skip_layer_lists_feature_maps():
 
 
 def test_pooled_sharing_refuses_dense_heads():
-    with pytest.raises(ValueError, match=r"MMoE.*dense heads \['depth'\]"):
+    with pytest.raises(ValueError, match=r"MMoE.*dense heads \['depth'\].*MTAN"):
         mtk.build_multitask_model(
             conv_trunk(), trunk_output="conv_b", trunk_weights=None,
             sharing=mtk.sharing.MMoE(num_experts=2, expert_units=(4,)),
             heads=[mtk.heads.DenseRegression("depth"), mtk.heads.Binary("flag")])
+
+
+@pytest.mark.parametrize("sharing", [
+    mtk.sharing.MTAN(at=["conv_a"]), mtk.sharing.CrossStitch(at=["conv_a"])])
+def test_per_head_map_sharing_feeds_dense_heads(sharing, tmp_path):
+    keras.utils.set_random_seed(0)
+    heads = [mtk.heads.Segmentation("parts", num_classes=3, decoder_filters=8),
+             mtk.heads.DenseRegression("depth", decoder_filters=8),
+             mtk.heads.Classification("item", num_classes=2)]
+    model = mtk.build_multitask_model(
+        conv_trunk(), heads=heads, trunk_output="conv_b", trunk_weights=None,
+        freeze_trunk=False, sharing=sharing)
+    # Each dense head decodes its own map: no shared "pooling" layer, and
+    # the image-level head pools its own.
+    assert "pooling" not in [layer.name for layer in model.layers]
+    assert model.get_layer("item_pooling") is not None
+    x, y = first(dense_data(), 8)
+    del y["normals"]
+    before = model.predict(x, verbose=0)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    after = model.predict(x, verbose=0)
+    assert after["parts"].shape == (8,) + SHAPE[:2] + (3,)
+    assert after["depth"].shape == (8,) + SHAPE[:2] + (1,)
+    assert not np.allclose(before["depth"], after["depth"])  # it trained
+    run_model_saving_test(model, x, str(tmp_path / "shared.keras"))
+
+
+def test_fit_transfer_freezes_then_fine_tunes_the_trunk_under_dense_heads():
+    keras.utils.set_random_seed(0)
+    model = mtk.build_multitask_model(
+        conv_trunk(), heads=dense_heads(), trunk_output="conv_b", trunk_weights=None)
+    x, y = dense_data()
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    start = model.trunk.get_weights()
+    decoder = model.get_layer("parts").get_weights()[0]
+    after_epoch = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: after_epoch.append(model.trunk.get_weights()))
+    mtk.fit_transfer(model, ds, frozen_epochs=1, finetune_epochs=1, verbose=0,
+                     callbacks=[record])
+    assert len(after_epoch) == 2
+    # Phase 1 trains the decoders only; phase 2 fine-tunes the trunk too.
+    assert all(np.array_equal(a, b) for a, b in zip(start, after_epoch[0]))
+    assert not all(np.array_equal(a, b) for a, b in zip(start, after_epoch[1]))
+    assert not np.array_equal(decoder, model.get_layer("parts").get_weights()[0])
+
+
+def test_per_head_map_sharing_refuses_skip():
+    with pytest.raises(ValueError, match=r"Dense heads \['parts'\] have skip="):
+        mtk.build_multitask_model(
+            conv_trunk(), trunk_output="conv_b", trunk_weights=None,
+            sharing=mtk.sharing.MTAN(at=["conv_a"]),
+            heads=[mtk.heads.Segmentation("parts", 3, skip="conv_a")])
 
 
 # === Training, saving, export ===

@@ -131,6 +131,7 @@ class MTAN(Sharing):
     """
 
     name = "mtan"
+    feature_maps = True
 
     def __init__(self, at):
         if isinstance(at, str):
@@ -142,15 +143,15 @@ class MTAN(Sharing):
             )
         self.at = list(at)
 
-    def connect(self, parts, head_names):
+    def connect(self, parts, head_names, maps=()):
         check_functional_trunk("MTAN", parts)
         trunk = parts.trunk
         at = check_layer_names("MTAN", self.at, trunk)
-        maps = [trunk.get_layer(name).output for name in at]
+        levels = [trunk.get_layer(name).output for name in at]
         output = trunk.outputs[0]
-        if maps[-1] is not output and len(output.shape) == 4:
-            maps.append(output)
-        for name, tensor in zip(at + ["(trunk output)"], maps):
+        if levels[-1] is not output and len(output.shape) == 4:
+            levels.append(output)
+        for name, tensor in zip(at + ["(trunk output)"], levels):
             if len(tensor.shape) != 4:
                 raise ValueError(
                     f"MTAN(at=...): layer {name!r} outputs shape "
@@ -158,8 +159,8 @@ class MTAN(Sharing):
                     "(batch, height, width, channels). Name convolutional "
                     "layers (or blocks) of the trunk."
                 )
-        tail = _weightless_tail(trunk, maps[-1], at[-1])
-        shared_trunk = derived_trunk(trunk, maps)
+        tail = _weightless_tail(trunk, levels[-1], at[-1])
+        shared_trunk = derived_trunk(trunk, levels)
         inputs, x, mask = trunk_inputs(parts)
         attention = TaskAttention(head_names, name=ATTENTION_LAYER_NAME)
         attended = attention(list(shared_trunk(x)))
@@ -167,7 +168,7 @@ class MTAN(Sharing):
             attended = {name: tail(attended[name]) for name in head_names}
         return Connection(
             inputs=inputs,
-            features=pooled([attended[n] for n in head_names], mask, head_names),
+            features=pooled([attended[n] for n in head_names], mask, head_names, maps),
             trunk=shared_trunk,
             shared_layers=[shared_trunk],
         )

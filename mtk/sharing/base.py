@@ -49,12 +49,16 @@ class Sharing:
     """Base class of sharing methods.
 
     Subclasses implement ``connect(parts, head_names)`` and ``get_config()``
-    (their constructor arguments).
+    (their constructor arguments). Those whose heads read a feature map of
+    their own (``feature_maps = True``: MTAN, cross-stitch) also take
+    ``maps``, the heads (dense ones) that get that map rather than its
+    pooled vector.
     """
 
     name = None
+    feature_maps = False
 
-    def connect(self, parts, head_names):
+    def connect(self, parts, head_names, maps=()):
         raise NotImplementedError
 
     def get_config(self):
@@ -84,7 +88,7 @@ class HardSharing(Sharing):
 
     name = "hard"
 
-    def connect(self, parts, head_names):
+    def connect(self, parts, head_names, maps=()):
         inputs, features = trunk_features(parts)
         return Connection(
             inputs=inputs,
@@ -166,10 +170,14 @@ def _describe_inputs(trunk):
     )
 
 
-def pooled(tensors, mask, head_names):
-    """One pooled vector per head, each pooling layer named after its head."""
+def pooled(tensors, mask, head_names, maps=()):
+    """One pooled vector per head, each pooling layer named after its head.
+
+    The heads in ``maps`` (dense heads) get their tensor as it is.
+    """
     return {
-        name: pool_features(tensor, mask, name=f"{name}_pooling")
+        name: tensor if name in maps
+        else pool_features(tensor, mask, name=f"{name}_pooling")
         for name, tensor in zip(head_names, tensors)
     }
 

@@ -99,6 +99,7 @@ class CrossStitch(Sharing):
     """
 
     name = "cross_stitch"
+    feature_maps = True
 
     def __init__(self, at, same=0.9):
         if isinstance(at, str):
@@ -112,7 +113,7 @@ class CrossStitch(Sharing):
         self.at = list(at)
         self.same = float(same)
 
-    def connect(self, parts, head_names):
+    def connect(self, parts, head_names, maps=()):
         check_functional_trunk("CrossStitch", parts)
         source = parts.trunk
         at = check_layer_names("CrossStitch", self.at, source)
@@ -142,7 +143,7 @@ class CrossStitch(Sharing):
         stitched = Trunk(trunk_input, activations, name=TRUNK_NAME)
         return Connection(
             inputs=inputs,
-            features=pooled(stitched(x), mask, head_names),
+            features=pooled(stitched(x), mask, head_names, maps),
             trunk=stitched,
             shared_layers=[stitched],
         )

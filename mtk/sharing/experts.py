@@ -264,7 +264,7 @@ class _ExpertSharing(Sharing):
     def _network_arguments(self):
         raise NotImplementedError
 
-    def connect(self, parts, head_names):
+    def connect(self, parts, head_names, maps=()):
         inputs, features = trunk_features(parts)
         network = ExpertNetwork(
             head_names, name=SHARING_LAYER_NAME, **self._network_arguments())
