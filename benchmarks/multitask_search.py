@@ -7,8 +7,8 @@ start), with the same schedule per trial (`mtk.fit_transfer`: frozen epochs,
 then fine-tuning):
 
   default   one run: equal static weights, hard sharing.
-  weights   `mtk.tuning.tune_multitask(search={"loss_weights": True})`:
-            static weights per head (equal weights are one of the choices).
+  weights   `mtk.tuning.tune_multitask(search={"loss_weights": (0.2, 5)})`:
+            static weights per head, the default's learning rates.
   joint     `mtk.tuning.tune_multitask` over the balancing method (static,
             FAMO, DB-MTL, DWA with its temperature searched), the sharing
             architecture (hard, MMoE with 2 or 4 experts, CGC, cross-stitch),
@@ -168,7 +168,9 @@ def main():
             if name == "default":
                 result = default_run(args, make_model, train, test, seed)
             else:
-                search = {"loss_weights": (0.2, 5.0)} if name == "weights" else joint_space()
+                search = ({"loss_weights": (0.2, 5.0),
+                           "finetune_learning_rate": args.finetune_learning_rate}
+                          if name == "weights" else joint_space())
                 result = searched_run(args, make_model, search, train, validation,
                                       test, seed, name)
             runs[name].append(result)

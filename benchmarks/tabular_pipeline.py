@@ -5,9 +5,9 @@ FeatureSpace: normalised, one-hot, hashed, crossed and embedded columns;
 heads click / conversion / spend; a small and a larger trunk, ``--models``)
 for N steps, fed
 
-  (a)  by `mtk.data.from_csv` streaming the table from CSV files
-       (`tf.data.experimental.make_csv_dataset`: read, parse, label and
-       weight columns, shuffle, batch, prefetch on every step),
+  (a)  by `mtk.data.from_csv` streaming the table from CSV files (read
+       lines in blocks, parse a batch at a time with `tf.io.decode_csv`,
+       label and weight columns, shuffle, prefetch on every step),
   (a') by `mtk.data.from_dataframe` over the table in memory (the same
        batch function on every step), and
   (b)  by the very same batches already in memory (the cached output of
