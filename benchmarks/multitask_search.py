@@ -26,7 +26,7 @@ default run of the same seed (paired), the best trial's median training step
 time as a ratio to the default's, and the search's wall time. Then what each
 search picked, per seed.
 
-    .venv/bin/python benchmarks/multitask_search.py            # ~25 min on 2 cores
+    .venv/bin/python benchmarks/multitask_search.py            # ~5 min on 2 quiet cores
     .venv/bin/python benchmarks/multitask_search.py --seeds 1 --trials 3 --train-size 1000
 """
 
