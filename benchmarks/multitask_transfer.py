@@ -44,6 +44,7 @@ from mtk.data import pretrain_fashion_trunk  # noqa: E402
 from mtk.data.fashion_trunk import TRUNK_OUTPUT  # noqa: E402
 from mtk.evaluation import EpochTimer  # noqa: E402
 from mtk.evaluation import format_table  # noqa: E402
+from mtk.evaluation import inference_seconds  # noqa: E402
 
 TASKS = ("left", "right")
 
@@ -110,13 +111,6 @@ def dataset(x, labels, batch_size, shuffle_seed=None):
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def inference_seconds(model, x, batch_size):
-    model.predict(x[:batch_size], verbose=0)  # Traces predict_function.
-    start = time.perf_counter()
-    model.predict(x, batch_size=batch_size, verbose=0)
-    return time.perf_counter() - start
-
-
 def mean_accuracy_curve(history):
     return np.mean([history.history[f"val_{t}_accuracy"] for t in TASKS], axis=0)
 
@@ -144,7 +138,7 @@ def single_vs_multi(args, data, seed, trunk_template):
     result = {
         "multi": {t: multi_report[t]["accuracy"] for t in TASKS},
         "multi_train_s": float(np.sum(timer.seconds)),
-        "multi_infer_s": inference_seconds(multi, x_test, 512),
+        "multi_infer_s": inference_seconds(multi, x_test, 512, repeats=1),
         "single": {}, "single_train_s": 0.0, "single_infer_s": 0.0,
         "scratch_curve": mean_accuracy_curve(history).tolist(),
         "scratch_epoch_s": timer.seconds,
@@ -160,7 +154,7 @@ def single_vs_multi(args, data, seed, trunk_template):
             single, dataset(x_test, {task: y_test[task]}, 512))
         result["single"][task] = report[task]["accuracy"]
         result["single_train_s"] += float(np.sum(timer.seconds))
-        result["single_infer_s"] += inference_seconds(single, x_test, 512)
+        result["single_infer_s"] += inference_seconds(single, x_test, 512, repeats=1)
     result["delta_m"] = mtk.evaluation.delta_m(result["multi"], result["single"], True)
     return result
 

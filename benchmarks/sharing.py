@@ -41,6 +41,7 @@ import mtk  # noqa: E402
 from mtk.data.fashion_trunk import TRUNK_OUTPUT  # noqa: E402
 from mtk.evaluation import StepTimer  # noqa: E402
 from mtk.evaluation import format_table  # noqa: E402
+from mtk.evaluation import inference_seconds  # noqa: E402
 from mtk.evaluation import mean_std  # noqa: E402
 
 BLOCKS = ["block1_pool", "block2_pool"]
@@ -87,16 +88,6 @@ def dataset(x, y, batch_size, shuffle_seed=None):
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def inference_seconds(model, x, repeats=3):
-    model.predict(x[:256], batch_size=256, verbose=0)  # traces predict
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.predict(x, batch_size=256, verbose=0)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def run(args, trunk_path, sharing, tasks, data, seed):
