@@ -41,6 +41,10 @@ def vector_data(n=64, seed=0, batch_size=16):
 def make_model():
     """A tiny trainable-trunk model with three head kinds."""
     BUILDS.append(1)
+    return tiny_model()
+
+
+def tiny_model(**kwargs):
     keras.utils.set_random_seed(len(BUILDS))
     trunk = keras.Sequential(
         [keras.Input((8,)), keras.layers.Dense(16, activation="relu")],
@@ -56,6 +60,7 @@ def make_model():
         trunk_weights=None,
         freeze_trunk=False,
         compile=False,
+        **kwargs,
     )
 
 
@@ -586,24 +591,7 @@ def test_a_restarted_chief_runs_no_trial_twice(tmp_path, monkeypatch):
 def make_model_how(loss_weighting="static", sharing="hard"):
     """The tiny model of make_model, with the searched method and sharing."""
     BUILDS.append((loss_weighting, sharing))
-    keras.utils.set_random_seed(len(BUILDS))
-    trunk = keras.Sequential(
-        [keras.Input((8,)), keras.layers.Dense(16, activation="relu")],
-        name="mlp",
-    )
-    return mtk.build_multitask_model(
-        trunk,
-        heads=[
-            mtk.heads.Classification("item", num_classes=3),
-            mtk.heads.Binary("flag"),
-            mtk.heads.Regression("price"),
-        ],
-        trunk_weights=None,
-        freeze_trunk=False,
-        compile=False,
-        loss_weighting=loss_weighting,
-        sharing=sharing,
-    )
+    return tiny_model(loss_weighting=loss_weighting, sharing=sharing)
 
 
 def search_how(tmp_path, **kwargs):
