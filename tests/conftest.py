@@ -76,16 +76,3 @@ def tiny_model():
         trunk_weights=None,
         heads=four_heads(),
     )
-
-
-@pytest.fixture(autouse=True)
-def _fresh_keras_state():
-    """Each test starts from a clean Keras global state.
-
-    The suite runs in one process: without this, every model built by the
-    tests before keeps growing Keras' global graph and name tables, and
-    later tests slow down (the tuning tests took 2.5x longer at the end of
-    the suite than alone).
-    """
-    yield
-    keras.backend.clear_session()
