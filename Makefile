@@ -28,5 +28,7 @@ fashion-mnist: $(STAMP)
 demo: $(STAMP) fashion-mnist
 	$(PYTHON) recipes/quickstart.py
 
+# Two worker processes, one per CI core, whole files per worker (module
+# fixtures are built once); one pytest process keeps about one core busy.
 test: $(STAMP) fashion-mnist
-	$(PYTHON) -m pytest -q --durations=15
+	TF_CPP_MIN_LOG_LEVEL=3 $(PYTHON) -m pytest -q -n 2 --dist loadfile --durations=15
