@@ -14,6 +14,7 @@ import tensorflow as tf
 
 import mtk
 from testing import run_model_saving_test
+from testing import run_python
 
 FS = keras.utils.FeatureSpace
 RUN_SAVED_MODEL = os.path.join(os.path.dirname(__file__), "export_run_saved_model.py")
@@ -327,6 +328,58 @@ def test_multimodal_trains_freezing_only_the_image_part_saves_and_serves(
     with np.load(tmp_path / "out.npz") as served:
         for name in expected:
             np.testing.assert_allclose(served[name], expected[name], atol=1e-5)
+
+
+MIRRORED_SCRIPT = """
+import keras, numpy as np, tensorflow as tf, mtk
+from test_tabular import (ROWS, IMAGE, TASKS, WEIGHTS, heads, make_feature_space,
+                          make_table, tiny_cnn)
+
+table = make_table()
+feature_space = make_feature_space(table)  # adapted outside any strategy
+images = np.random.default_rng(0).uniform(0, 255, (ROWS,) + IMAGE).astype("float32")
+
+def first_update(kind, strategy=None):
+    scope = strategy.scope() if strategy else tf.distribute.get_strategy().scope()
+    with scope:
+        keras.utils.set_random_seed(0)
+        record = mtk.trunks.tabular(feature_space, hidden_units=(8,))
+        trunk = record if kind == "tabular" else mtk.trunks.combine(
+            {"xray": tiny_cnn(), "record": record}, hidden_units=(8,))
+        model = mtk.build_multitask_model(trunk, heads(), learning_rate=1e-2)
+    ds = mtk.data.from_dataframe(table, features=feature_space, tasks=TASKS,
+                                 heads=model, sample_weights=WEIGHTS,
+                                 batch_size=ROWS)
+    if kind == "combined":
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensors(images)).map(
+            lambda e, image: ({**e[0], "xray": image}, e[1], e[2]))
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    loss = model.fit(ds, epochs=1, verbose=0).history["loss"][0]
+    update = np.concatenate([(w.numpy() - b).ravel()
+                             for w, b in zip(model.trainable_weights, before)])
+    return loss, update
+
+mirrored = mtk.distribute.get_strategy(
+    "mirrored", devices=["/cpu:0", "/cpu:1"], verbose=False)
+result = {}
+for kind in ("tabular", "combined"):
+    one_loss, one = first_update(kind)
+    two_loss, two = first_update(kind, mirrored)
+    result[kind] = {"one": one_loss, "two": two_loss, "norm": float(np.linalg.norm(one)),
+                    "diff": float(np.linalg.norm(two - one) / np.linalg.norm(one))}
+report(result)
+"""
+
+
+@pytest.mark.slow
+def test_tabular_and_combined_trunks_train_alike_on_two_replicas(tmp_path):
+    # Dict batches split across 2 logical CPUs; the FeatureSpace's lookup
+    # tables and statistics were made outside the strategy's scope.
+    result = run_python(MIRRORED_SCRIPT, tmp_path, logical_cpus=2)
+    for kind, r in result.items():
+        assert r["norm"] > 0, kind
+        assert r["two"] == pytest.approx(r["one"], rel=1e-5), (kind, r)
+        assert r["diff"] < 1e-4, (kind, r)
 
 
 # === Checks that name the culprit, before any training ===
