@@ -53,6 +53,7 @@ ARCHITECTURES = {
     "ple": lambda: mtk.sharing.PLE(num_levels=2, num_shared_experts=2,
                                    num_task_experts=1, expert_units=(32,)),
     "mtan": lambda: mtk.sharing.MTAN(at=BLOCKS),
+    "mtan_r4": lambda: mtk.sharing.MTAN(at=BLOCKS, reduction=4),
     "cross_stitch": lambda: mtk.sharing.CrossStitch(at=BLOCKS),
 }
 
@@ -135,6 +136,8 @@ def cost_table(args):
     y = {t: rng.integers(0, 10, len(x)) for t in mtk.data.multi_fashion.TASKS}
     architectures = dict(ARCHITECTURES)
     architectures["mtan"] = lambda: mtk.sharing.MTAN(at=QUICKSTART_BLOCKS)
+    architectures["mtan_r4"] = lambda: mtk.sharing.MTAN(
+        at=QUICKSTART_BLOCKS, reduction=4)
     architectures["cross_stitch"] = lambda: mtk.sharing.CrossStitch(at=QUICKSTART_BLOCKS)
     ratios = {name: [] for name in args.architectures}
     for round_ in range(args.cost_rounds):

@@ -49,7 +49,7 @@ ARCHITECTURES = {
     "cgc": CGC(num_shared_experts=2, num_task_experts=1, expert_units=(8,)),
     "ple": PLE(num_levels=2, num_shared_experts=2, num_task_experts=1,
                expert_units=(8, 8)),
-    "mtan": MTAN(at=["relu1"]),
+    "mtan": MTAN(at=["relu1"], reduction=2),
     "cross_stitch": CrossStitch(at=["relu1"]),
 }
 
@@ -182,6 +182,30 @@ def test_task_attention_masks_the_shared_map():
     assert (ratio > 0).all() and (ratio < 1).all()
 
 
+def test_task_attention_reduction_narrows_the_branches_only():
+    """reduction=4: the mask's hidden conv and f_j are c // 4 wide, the mask
+    itself stays c wide; level 2 is Eq. 1 on [p_2, f_2(â_1)]."""
+    rng = np.random.default_rng(6)
+    p1 = rng.normal(size=(2, 8, 8, 8)).astype("float32")
+    p2 = rng.normal(size=(2, 4, 4, 16)).astype("float32")
+    layer = TaskAttention(["a"], reduction=4)
+    attended = layer([p1, p2])["a"]
+    first, second = layer.branches["a"]
+    conv_prev, bn_prev, resize = second["previous"]
+    conv_a, bn_a, conv_b, bn_b = second["mask"]
+    assert tuple(first["mask"][0].kernel.shape) == (1, 1, 8, 2)
+    assert tuple(conv_prev.kernel.shape) == (3, 3, 8, 4)
+    assert tuple(conv_a.kernel.shape) == (1, 1, 16 + 4, 4)
+    assert tuple(conv_b.kernel.shape) == (1, 1, 4, 16)
+    f1 = first["mask"]
+    a1 = tf.sigmoid(f1[3](f1[2](tf.nn.relu(f1[1](f1[0](p1)))))) * p1
+    previous = tf.nn.relu(bn_prev(conv_prev(resize(a1))))
+    hidden = tf.nn.relu(bn_a(conv_a(tf.concat([p2, previous], -1))))
+    np.testing.assert_allclose(
+        attended, tf.sigmoid(bn_b(conv_b(hidden))) * p2, rtol=1e-5, atol=1e-6)
+    assert TaskAttention.from_config(layer.get_config()).reduction == 4
+
+
 # === Models ===
 
 
@@ -308,6 +332,7 @@ def test_tuning_works_with_a_sharing_architecture(tmp_path):
     (lambda: PLE(num_levels=0), r"num_levels"),
     (lambda: CGC(num_shared_experts=0, num_task_experts=0), r"num_shared_experts \+ num_task_experts"),
     (lambda: MTAN(at=[]), r"MTAN\(at=\[\]\)"),
+    (lambda: MTAN(at=["relu1"], reduction=0), r"MTAN\(reduction=0\)"),
     (lambda: mtk.sharing.get_sharing("mtan"), r"MTAN\(at="),
     (lambda: mtk.sharing.get_sharing("soft"), r"Unknown sharing='soft'.*'mmoe'"),
     (lambda: mtk.heads.Binary("sharing"), r"'sharing' clashes with a layer mtk reserves"),

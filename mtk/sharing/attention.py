@@ -35,6 +35,10 @@ class TaskAttention(keras.layers.Layer):
 
     Args:
         head_names: the heads, one branch each.
+        reduction: the mask's hidden 1x1 convolution and ``f_j`` output
+            ``c // reduction`` channels (at least 1) instead of ``c``; 1 is
+            the paper's SegNet-MTAN, 4 the bottleneck of ResNet-50 MTANs
+            (as LibMTL builds them).
 
     Returns (when called on a list of ``(batch, h, w, c)`` maps):
         dict ``{head: (batch, h, w, c)}`` of each head's attended last map.
@@ -47,9 +51,10 @@ class TaskAttention(keras.layers.Layer):
     {'a': (2, 4, 4, 6), 'b': (2, 4, 4, 6)}
     """
 
-    def __init__(self, head_names, **kwargs):
+    def __init__(self, head_names, reduction=1, **kwargs):
         super().__init__(**kwargs)
         self.head_names = list(head_names)
+        self.reduction = _check_reduction(reduction)
 
     def build(self, input_shape):
         self.branches = {}
@@ -57,15 +62,16 @@ class TaskAttention(keras.layers.Layer):
             levels = []
             for j, shape in enumerate(input_shape):
                 height, width, channels = shape[1:]
+                hidden = max(1, channels // self.reduction)
                 level = {
                     "mask": [
-                        keras.layers.Conv2D(channels, 1, name=f"{name}_{j}_conv_a"),
+                        keras.layers.Conv2D(hidden, 1, name=f"{name}_{j}_conv_a"),
                         _batch_norm(name=f"{name}_{j}_bn_a"),
                         keras.layers.Conv2D(channels, 1, name=f"{name}_{j}_conv_b"),
                         _batch_norm(name=f"{name}_{j}_bn_b"),
                     ],
                     "previous": None if j == 0 else [
-                        keras.layers.Conv2D(channels, 3, padding="same",
+                        keras.layers.Conv2D(hidden, 3, padding="same",
                                             name=f"{name}_{j}_conv_prev"),
                         _batch_norm(name=f"{name}_{j}_bn_prev"),
                         keras.layers.Resizing(height, width, name=f"{name}_{j}_resize"),
@@ -96,7 +102,17 @@ class TaskAttention(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config["head_names"] = self.head_names
+        config["reduction"] = self.reduction
         return config
+
+
+def _check_reduction(reduction):
+    if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+        raise ValueError(
+            f"MTAN(reduction={reduction!r}): the attention branches' width "
+            "divisor must be an integer >= 1 (1: as wide as each map)."
+        )
+    return reduction
 
 
 @keras.saving.register_keras_serializable(package="mtk")
@@ -109,13 +125,19 @@ class MTAN(Sharing):
     feature maps at the named layers, each level also reading the branch's
     previous attended map. The trunk's output, when it is a feature map, is
     always the last level; otherwise weight-free layers after the last named
-    one (e.g. ``Flatten``) run on each head's attended map. Use it on image trunks when tasks need different parts of the
-    same features; it costs two 1x1 and one 3x3 convolution per head and
-    level, on top of one trunk pass.
+    one (e.g. ``Flatten``) run on each head's attended map. Use it on
+    image trunks when tasks need different parts of the same features; it
+    costs two 1x1 and one 3x3 convolution per head and level, on top of one
+    trunk pass: on a small trunk each head's branches cost about as much as
+    the trunk. ``reduction=4`` narrows the branches' convolutions 4-fold
+    (the mask's element-wise work per head stays).
 
     Args:
         at: names of trunk layers whose outputs are feature maps
             ``(batch, h, w, c)``, in the trunk's order (input to output).
+        reduction: the attention branches' hidden width is each map's
+            channels divided by this (`TaskAttention`); 1 (default) is the
+            paper's SegNet-MTAN.
 
     Example:
 
@@ -133,7 +155,7 @@ class MTAN(Sharing):
     name = "mtan"
     feature_maps = True
 
-    def __init__(self, at):
+    def __init__(self, at, reduction=1):
         if isinstance(at, str):
             at = [at]
         if not at or not all(isinstance(name, str) for name in at):
@@ -142,6 +164,7 @@ class MTAN(Sharing):
                 "are feature maps."
             )
         self.at = list(at)
+        self.reduction = _check_reduction(reduction)
 
     def connect(self, parts, head_names, maps=()):
         check_functional_trunk("MTAN", parts)
@@ -162,7 +185,8 @@ class MTAN(Sharing):
         tail = _weightless_tail(trunk, levels[-1], at[-1])
         shared_trunk = derived_trunk(trunk, levels)
         inputs, x, mask = trunk_inputs(parts)
-        attention = TaskAttention(head_names, name=ATTENTION_LAYER_NAME)
+        attention = TaskAttention(
+            head_names, reduction=self.reduction, name=ATTENTION_LAYER_NAME)
         attended = attention(list(shared_trunk(x)))
         if tail is not None:
             attended = {name: tail(attended[name]) for name in head_names}
@@ -174,7 +198,7 @@ class MTAN(Sharing):
         )
 
     def get_config(self):
-        return {"at": list(self.at)}
+        return {"at": list(self.at), "reduction": self.reduction}
 
 
 def _weightless_tail(trunk, last_map, last_name):
