@@ -93,8 +93,10 @@ def export_saved_model(
         input_dtype: dtype of the served input. Defaults to the model's input
             dtype (float32 for images, string for text); ``"uint8"`` serves
             images as bytes 0-255, cast to float inside the graph.
-        warmup_inputs: optional batch of example inputs (array of images or
-            list of strings). Each example becomes one warm-up request in
+        warmup_inputs: optional batch of example inputs (array of images,
+            list of strings, or for a model with named inputs a dict of
+            batches keyed by input name, as ``model.predict`` takes). Each
+            example becomes one warm-up request in
             ``assets.extra/tf_serving_warmup_requests`` (TF Serving's
             PredictionLog TFRecord format), which TF Serving replays before
             the version takes traffic.
@@ -132,12 +134,10 @@ def export_saved_model(
     ['item', 'item_class_id', 'item_class_name']
     """
     spec = _serving_spec(model, input_dtype)
-    if isinstance(spec.input, dict) and (
-        warmup_inputs is not None or reference_data is not None
-    ):
+    if isinstance(spec.input, dict) and reference_data is not None:
         raise ValueError(
             f"Model {model.name!r} takes named inputs {sorted(spec.input)}; "
-            "warmup_inputs and reference_data are supported for one-input "
+            "reference_data (mtk.monitoring) is supported for one-input "
             "models only so far."
         )
     version = _check_version(version)
@@ -453,53 +453,86 @@ def _next_version(base_dir):
 
 
 def _check_warmup_inputs(warmup_inputs, spec):
-    if spec.input.dtype == tf.string:
-        if isinstance(warmup_inputs, (str, bytes)):
-            warmup_inputs = [warmup_inputs]
-        examples = np.asarray(warmup_inputs, dtype=object)
+    """``{served input: batch}`` of the warm-up examples, checked."""
+    if not isinstance(spec.input, dict):
+        batches = {spec.input.name: _check_warmup_batch(warmup_inputs, spec.input)}
     else:
-        examples = np.asarray(warmup_inputs)
+        names = sorted(spec.input)
+        if not isinstance(warmup_inputs, dict):
+            raise ValueError(
+                f"The model takes named inputs {names}; warmup_inputs must be "
+                "a dict of batches keyed by them (as model.predict takes), "
+                f"got {type(warmup_inputs).__name__}."
+            )
+        missing = sorted(set(names) - set(warmup_inputs))
+        unknown = sorted(set(warmup_inputs) - set(names), key=str)
+        if missing or unknown:
+            fault = (f"lacks the model's inputs {missing}" if missing else
+                     f"has inputs {unknown} the model does not take")
+            raise ValueError(f"warmup_inputs {fault}; its inputs are {names}.")
+        batches = {name: _check_warmup_batch(warmup_inputs[name], spec.input[name])
+                   for name in names}
+        sizes = {name: len(batch) for name, batch in batches.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(
+                f"warmup_inputs' inputs hold different numbers of examples: {sizes}."
+            )
+    count = len(next(iter(batches.values())))
+    if not 1 <= count <= MAX_WARMUP_REQUESTS:
+        raise ValueError(
+            f"warmup_inputs must hold 1 to {MAX_WARMUP_REQUESTS} examples "
+            f"(TF Serving's limit), got {count}."
+        )
+    return batches
+
+
+def _check_warmup_batch(batch, tensor_spec):
+    if tensor_spec.dtype == tf.string:
+        if isinstance(batch, (str, bytes)):
+            batch = [batch]
+        examples = np.asarray(batch, dtype=object)
+    else:
+        examples = np.asarray(batch)
         if not (
             np.issubdtype(examples.dtype, np.number)
             or examples.dtype == np.bool_
         ):
             raise ValueError(
                 f"warmup_inputs must be numeric for input "
-                f"{spec.input.name!r}, got dtype {examples.dtype}."
+                f"{tensor_spec.name!r}, got dtype {examples.dtype}."
             )
-    expected = spec.input.shape[1:]
-    fits = examples.ndim == len(spec.input.shape) and (
+    expected = tensor_spec.shape[1:]
+    fits = examples.ndim == len(tensor_spec.shape) and (
         expected.is_compatible_with(examples.shape[1:])
     )
     if not fits:
         raise ValueError(
             f"warmup_inputs must be a batch of inputs of shape "
-            f"(n,) + {tuple(expected)} for input {spec.input.name!r}, got "
+            f"(n,) + {tuple(expected)} for input {tensor_spec.name!r}, got "
             f"shape {examples.shape}."
-        )
-    if not 1 <= len(examples) <= MAX_WARMUP_REQUESTS:
-        raise ValueError(
-            f"warmup_inputs must hold 1 to {MAX_WARMUP_REQUESTS} examples "
-            f"(TF Serving's limit), got {len(examples)}."
         )
     return examples
 
 
-def _write_warmup_requests(path, examples, spec, model_name):
+def _write_warmup_requests(path, batches, spec, model_name):
+    """One PredictRequest per example, every served input filled."""
+    specs = spec.input if isinstance(spec.input, dict) else {
+        spec.input.name: spec.input}
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    count = len(next(iter(batches.values())))
     with tf.io.TFRecordWriter(path) as writer:
-        for example in examples:
+        for i in range(count):
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(
                     name=model_name, signature_name=SIGNATURE_NAME
                 )
             )
-            request.inputs[spec.input.name].CopyFrom(
-                tf.make_tensor_proto(
-                    np.asarray([example], dtype=_numpy_dtype(spec.input.dtype)),
-                    dtype=spec.input.dtype,
-                )
-            )
+            for name, batch in batches.items():
+                dtype = specs[name].dtype
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(
+                    np.asarray(batch[i:i + 1], dtype=_numpy_dtype(dtype)),
+                    dtype=dtype,
+                ))
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request)
             )

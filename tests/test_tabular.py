@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
 
 import mtk
 from testing import run_model_saving_test
@@ -228,6 +229,57 @@ def test_tabular_model_saves_in_safe_mode_and_serves_raw_rows(
     for name in expected:
         np.testing.assert_allclose(served[name], expected[name], atol=1e-5)
     assert served["segment_class_name"].shape == (2,)
+
+
+def test_warmup_requests_fill_every_named_input(tabular_model, table, tmp_path):
+    warmup = {"age": table["age"].to_numpy("float32")[:3],
+              "country": table["country"].to_numpy(object)[:3],
+              "city_id": table["city_id"].to_numpy("int64")[:3],
+              "device": table["device"].to_numpy(object)[:3]}
+    path = mtk.export.export_saved_model(
+        tabular_model, str(tmp_path / "clicks"), warmup_inputs=warmup)
+    records = list(tf.data.TFRecordDataset(os.path.join(
+        path, "assets.extra", "tf_serving_warmup_requests")).as_numpy_iterator())
+    assert len(records) == 3
+    serving = tf.saved_model.load(path).signatures["serving_default"]
+    expected = tabular_model.predict(
+        {k: tf.constant(v) for k, v in as_columns(
+            [{k: v[i] for k, v in warmup.items()} for i in range(3)],
+            serving).items()}, verbose=0)
+    for i, record in enumerate(records):
+        request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+        assert request.model_spec.name == "clicks"
+        assert sorted(request.inputs) == ["age", "city_id", "country", "device"]
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        assert inputs["country"].tolist() == [warmup["country"][i].encode()]
+        assert inputs["city_id"].dtype == np.int32  # the signature's dtype
+        served = serving(**{k: tf.constant(v) for k, v in inputs.items()})
+        np.testing.assert_allclose(served["spend"], expected["spend"][i:i + 1],
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize("warmup, match", [
+    (np.zeros((2, 4)), r"must be a dict of batches keyed by them"),
+    ({"age": [1.0]}, r"lacks the model's inputs \['city_id', 'country', 'device'\]"),
+    ({"age": [1.0], "city_id": [1], "country": ["DE"], "device": ["ios"],
+      "zip": [1]}, r"has inputs \['zip'\] the model does not take"),
+    ({"age": [1.0, 2.0], "city_id": [1], "country": ["DE"], "device": ["ios"]},
+     r"different numbers of examples"),
+    ({"age": ["old"], "city_id": [1], "country": ["DE"], "device": ["ios"]},
+     r"must be numeric for input 'age'"),
+])
+def test_bad_named_warmup_inputs_name_the_input(tabular_model, tmp_path, warmup, match):
+    with pytest.raises(ValueError, match=match):
+        mtk.export.export_saved_model(tabular_model, str(tmp_path / "m"),
+                                      warmup_inputs=warmup)
+    assert not (tmp_path / "m").exists() or not os.listdir(tmp_path / "m")
+
+
+def test_reference_profile_of_a_named_input_model_is_refused(tabular_model, tmp_path):
+    with pytest.raises(ValueError, match=r"reference_data \(mtk.monitoring\) is supported"
+                                         r" for one-input models only"):
+        mtk.export.export_saved_model(tabular_model, str(tmp_path / "m"),
+                                      reference_data={"age": [1.0]})
 
 
 def test_tflite_converts_numeric_features_and_refuses_categorical(
