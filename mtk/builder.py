@@ -1,6 +1,7 @@
 """`build_multitask_model`: a pretrained trunk with named heads, compiled."""
 
 import contextlib
+import tempfile
 
 import keras
 
@@ -170,7 +171,19 @@ def _copy_into_scope(model, strategy):
     if all(owned(weight.value) for weight in model.weights):
         return model
     copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    # Each layer's state travels as a .keras file carries it: its variables
+    # (a Normalization layer then recomputes its mean and variance), and its
+    # assets (a lookup layer's vocabulary). With `set_weights` alone a copied
+    # FeatureSpace would skip normalising and its tables stay empty
+    # ("Table not initialized" in fit).
+    for original, copied in zip(model._flatten_layers(), copy._flatten_layers()):
+        store = {}
+        original.save_own_variables(store)
+        copied.load_own_variables(store)
+        if hasattr(original, "save_assets"):
+            with tempfile.TemporaryDirectory() as assets:
+                original.save_assets(assets)
+                copied.load_assets(assets)
     return copy
 
 

@@ -10,7 +10,10 @@ Modes:
     multi_worker: fit_transfer under get_strategy("multi_worker"), TF_CONFIG
         from the environment.
     backup: fit_transfer on one device.
-    (--loss-weighting picks the balancing method; default static.)
+    (--loss-weighting picks the balancing method; default static;
+    --tabular adds a table branch: a `mtk.trunks.combine` trunk of the image
+    CNN and a `mtk.trunks.tabular` FeatureSpace over ``age`` / ``country``,
+    fed dict batches.)
     upstream: plain Keras `model.fit` of a one-layer model under a plain
         `tf.distribute.MultiWorkerMirroredStrategy`; writes the error it
         raises (keras-team/keras#20585) to ``<out>/<name>.error.txt``.
@@ -43,12 +46,20 @@ FROZEN_EPOCHS = 2
 FINETUNE_EPOCHS = 2
 
 
-def data(n=32, seed=0):
+def table(n=32):
+    rng = np.random.default_rng(1)
+    return {"age": rng.uniform(18, 80, n).astype("float32"),
+            "country": rng.choice(["DE", "FR", "US"], n).astype(object)}
+
+
+def data(n=32, seed=0, tabular=False):
     """Images and labels, missing unevenly across the halves of each batch
     (the replicas' shares): the masked losses average over the global batch,
     so replicas and one device still agree."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(0, 255, (n,) + IMAGE_SHAPE).astype("float32")
+    if tabular:
+        x = {"image": x, **table(n)}
     y = {
         "item": rng.integers(0, 4, n),
         "flag": rng.integers(0, 2, n).astype("float32"),
@@ -65,7 +76,7 @@ def data(n=32, seed=0):
     return dataset.with_options(options)
 
 
-def build(strategy=None, loss_weighting="static"):
+def build(strategy=None, loss_weighting="static", tabular=False):
     import keras
 
     import mtk
@@ -78,6 +89,14 @@ def build(strategy=None, loss_weighting="static"):
     x = keras.layers.Conv2D(8, 3, name="conv_b")(x)
     x = keras.layers.GlobalAveragePooling2D(name="features")(x)
     trunk = keras.Model(inputs, x, name="source_net")
+    if tabular:
+        # The FeatureSpace is adapted outside the strategy's scope too.
+        FS = keras.utils.FeatureSpace
+        space = FS({"age": FS.float_normalized(),
+                    "country": FS.string_categorical()}, output_mode="concat")
+        space.adapt(tf.data.Dataset.from_tensor_slices(table()).batch(8))
+        trunk = mtk.trunks.combine(
+            {"image": trunk, "record": mtk.trunks.tabular(space, hidden_units=(8,))})
     # The trunk is built outside the strategy's scope, as a user's
     # pretrained network is.
     return mtk.build_multitask_model(
@@ -158,12 +177,12 @@ def killer(kill_epoch, kill_batch):
     return Kill()
 
 
-def train(model, callbacks=()):
+def train(model, callbacks=(), tabular=False):
     import mtk
 
     mtk.fit_transfer(
         model,
-        data(),
+        data(tabular=tabular),
         frozen_epochs=FROZEN_EPOCHS,
         finetune_epochs=FINETUNE_EPOCHS,
         finetune_learning_rate=1e-3,
@@ -189,6 +208,7 @@ def main(argv=None):
     parser.add_argument("--kill-batch", type=int, default=0)
     parser.add_argument("--reference", action="store_true")
     parser.add_argument("--loss-weighting", default="static")
+    parser.add_argument("--tabular", action="store_true")
     args = parser.parse_args(argv)
     prefix = os.path.join(args.out, args.name)
 
@@ -214,13 +234,15 @@ def main(argv=None):
     if args.kill_epoch is not None:
         callbacks.append(killer(args.kill_epoch, args.kill_batch))
 
-    model = build(strategy, args.loss_weighting)
+    model = build(strategy, args.loss_weighting, args.tabular)
     save(prefix + ".init.npz", [w.numpy() for w in model.weights])
-    save(prefix + ".npz", train(model, callbacks))
+    save(prefix + ".npz", train(model, callbacks, args.tabular))
     if args.mode == "mirrored":
         fit_string_model(strategy, prefix + ".text.json")
     if args.reference:
-        save(prefix + ".single.npz", train(build(loss_weighting=args.loss_weighting)))
+        save(prefix + ".single.npz", train(
+            build(loss_weighting=args.loss_weighting, tabular=args.tabular),
+            tabular=args.tabular))
     return 0
 
 

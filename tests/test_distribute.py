@@ -406,6 +406,20 @@ def test_two_workers_on_localhost_train_identical_weights(tmp_path, method):
 
 
 @pytest.mark.slow
+def test_two_workers_train_a_combined_image_and_table_trunk(tmp_path):
+    """Dict batches (image + raw table columns) over a 2-worker cluster;
+    the FeatureSpace's lookup table lives on each worker."""
+    results = run_cluster(["multi_worker", "--tabular"], tmp_path, free_ports(2),
+                          first_args=["--reference"])
+    for returncode, output in results:
+        assert returncode == 0, output[-3000:]
+    w0, w1 = load_weights(tmp_path / "w0.npz"), load_weights(tmp_path / "w1.npz")
+    assert_trained(str(tmp_path / "w0"))
+    assert_same_weights(w0, w1, atol=0)
+    assert_same_weights(w0, load_weights(tmp_path / "w0.single.npz"), WEIGHTS_ATOL)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kill_epoch", [FROZEN_EPOCHS, FROZEN_EPOCHS + 1], ids=["phase2_first", "phase2_second"]
 )

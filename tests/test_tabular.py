@@ -382,6 +382,22 @@ def test_multimodal_trains_freezing_only_the_image_part_saves_and_serves(
             np.testing.assert_allclose(served[name], expected[name], atol=1e-5)
 
 
+def test_copy_into_a_strategy_keeps_the_feature_space_state(feature_space, table):
+    """A trunk built outside the strategy is copied into its scope: the copy
+    normalises and looks up categories as the original does (set_weights
+    alone left Normalization unfinalised and the lookup tables empty)."""
+    trunk = mtk.trunks.tabular(feature_space, hidden_units=(8,))
+    x = {"age": table["age"].to_numpy("float32"),
+         "country": table["country"].to_numpy(object),
+         "city_id": table["city_id"].to_numpy("int32"),
+         "device": table["device"].to_numpy(object)}
+    expected = trunk(x)
+    model = mtk.build_multitask_model(
+        trunk, heads(), strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
+    assert model.trunk is not trunk  # a copy whose variables the strategy owns
+    np.testing.assert_allclose(model.trunk(x), expected, rtol=1e-6, atol=1e-6)
+
+
 MIRRORED_SCRIPT = """
 import keras, numpy as np, tensorflow as tf, mtk
 from test_tabular import (ROWS, IMAGE, TASKS, WEIGHTS, heads, make_feature_space,
