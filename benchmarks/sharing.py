@@ -20,7 +20,9 @@ The table gives, mean ± std over seeds:
 Then the cost alone on the quick start's own network (`mtk.data.quickstart_cnn`
 cut at ``features``; ``--cost-rounds`` rounds, interleaved; random data and
 weights, since timing does not depend on them): the median training step of
-each architecture as a ratio to hard sharing's in the same round.
+each architecture as a ratio to hard sharing's in the same round, compiled
+as Keras does by default and, with ``--jit-compile``, also with XLA
+(``jit_compile=True``), where many small ops of the attention branches fuse.
 
     .venv/bin/python benchmarks/sharing.py                   # ~15 min on 2 cores
     .venv/bin/python benchmarks/sharing.py --seeds 1 --train-size 1000
@@ -76,6 +78,8 @@ def parse_args():
     parser.add_argument("--source-examples", type=int, default=30_000)
     parser.add_argument("--data-dir", default="runs/tfds")
     parser.add_argument("--cost-rounds", type=int, default=5)
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="also time every architecture under XLA in the cost table")
     parser.add_argument("--cost-only", action="store_true",
                         help="skip the MultiFashion quality runs")
     args = parser.parse_args()
@@ -118,12 +122,13 @@ def run(args, trunk_path, sharing, tasks, data, seed):
 QUICKSTART_BLOCKS = ["block1_pool", "block2_pool", "block3_conv"]
 
 
-def step_time(sharing, x, y, batch_size):
+def step_time(sharing, x, y, batch_size, jit_compile=False):
     """Median training step of the quick start's network with ``sharing``."""
     keras.utils.set_random_seed(0)
     model = mtk.build_multitask_model(
         mtk.data.quickstart_cnn(), trunk_output="features", trunk_weights=None,
-        freeze_trunk=False, heads=mtk.data.multi_fashion_heads(), sharing=sharing)
+        freeze_trunk=False, heads=mtk.data.multi_fashion_heads(), sharing=sharing,
+        jit_compile=jit_compile)
     timer = StepTimer()
     model.fit(x, y, batch_size=batch_size, epochs=3, verbose=0, callbacks=[timer])
     return timer.median()
@@ -139,15 +144,22 @@ def cost_table(args):
     architectures["mtan_r4"] = lambda: mtk.sharing.MTAN(
         at=QUICKSTART_BLOCKS, reduction=4)
     architectures["cross_stitch"] = lambda: mtk.sharing.CrossStitch(at=QUICKSTART_BLOCKS)
-    ratios = {name: [] for name in args.architectures}
+    modes = [False, True] if args.jit_compile else [False]
+    ratios = {(name, jit): [] for jit in modes for name in args.architectures}
+    millis = {key: [] for key in ratios}
     for round_ in range(args.cost_rounds):
-        times = {name: step_time(architectures[name](), x, y, args.batch_size)
-                 for name in args.architectures}
-        for name in args.architectures:
-            ratios[name].append(times[name] / times["hard"])
+        for jit in modes:
+            times = {name: step_time(architectures[name](), x, y,
+                                     args.batch_size, jit_compile=jit)
+                     for name in args.architectures}
+            for name in args.architectures:
+                ratios[name, jit].append(times[name] / times["hard"])
+                millis[name, jit].append(1000 * times[name])
         print(f"cost round {round_ + 1}/{args.cost_rounds} done", flush=True)
-    rows = [{"sharing": name, "train step / hard": mean_std(r, ".2f")}
-            for name, r in ratios.items()]
+    rows = [{"sharing": name, "jit_compile": jit,
+             "step ms": mean_std(millis[name, jit], ".1f"),
+             "train step / hard": mean_std(r, ".2f")}
+            for (name, jit), r in ratios.items()]
     print()
     print(format_table(rows, title=(
         "Training step time / hard sharing's, the quick start's network "
