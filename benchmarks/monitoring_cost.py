@@ -110,7 +110,7 @@ def write_logs(served, path, x, chunk=2000):
             }
             for row in range(len(batch)):
                 request = predict_pb2.PredictRequest(model_spec=spec)
-                request.inputs[served.input_name].CopyFrom(
+                request.inputs[served.input_names[0]].CopyFrom(
                     tf.make_tensor_proto(batch[row:row + 1])
                 )
                 response = predict_pb2.PredictResponse(model_spec=spec)

@@ -134,12 +134,6 @@ def export_saved_model(
     ['item', 'item_class_id', 'item_class_name']
     """
     spec = _serving_spec(model, input_dtype)
-    if isinstance(spec.input, dict) and reference_data is not None:
-        raise ValueError(
-            f"Model {model.name!r} takes named inputs {sorted(spec.input)}; "
-            "reference_data (mtk.monitoring) is supported for one-input "
-            "models only so far."
-        )
     version = _check_version(version)
     base_dir = os.fspath(base_dir)
     if os.path.exists(base_dir) and not os.path.isdir(base_dir):
@@ -166,8 +160,7 @@ def export_saved_model(
         # by the export): the profile describes exactly what is served.
         spec.serve = _serving_fn(spec)
         profile = monitoring.compute_profile(
-            model, reference_data, input_dtype=spec.input.dtype,
-            predict=spec.serve,
+            model, reference_data, input_dtype=input_dtype, predict=spec.serve,
         )
 
     os.makedirs(base_dir, exist_ok=True)
@@ -357,6 +350,17 @@ def _serving_spec(model, input_dtype):
     name = model_input.name
     input_spec = tf.TensorSpec(tuple(model_input.shape), dtype, name=name)
     return _ServingSpec(model, input_spec, heads)
+
+
+def serving_input_specs(model, input_dtype=None):
+    """The serving signature's input: a TensorSpec, or a dict of them for a
+    model with named inputs (see `export_saved_model`)."""
+    return _serving_spec(model, input_dtype).input
+
+
+def serving_function(model, input_dtype=None):
+    """The traced function the export serves: served inputs -> outputs."""
+    return _serving_fn(_serving_spec(model, input_dtype))
 
 
 def _named_serving_spec(model, input_dtype):

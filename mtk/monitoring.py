@@ -19,7 +19,11 @@ What is summarized ("features", one number per example each):
 - per input: images: per-image ``mean`` and ``std`` of the pixel values
   (``height``/``width`` when the signature leaves them open); text:
   ``length`` (characters) and ``words``; tables (``(batch, columns)``):
-  ``column[i]``; scalars: ``value``.
+  ``column[i]``; scalars: ``value``. A model with named inputs (e.g. a
+  tabular trunk over a ``keras.utils.FeatureSpace``) is summarized per
+  input: numeric features by their ``value``, string features by the
+  frequencies of their ``category`` (the reference's 20 most frequent
+  values and ``(other)``), image inputs as above.
 
 Probabilities are binned in ten bins of width 0.1; other values in the
 reference's deciles (open-ended outer bins), so each bin holds about a tenth
@@ -59,7 +63,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 PROFILE_FILE = os.path.join("assets.extra", "mtk_reference.json")
 PROFILE_FORMAT = "mtk.monitoring.profile"
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: "inputs" (a list, for named-input models); 1: "input"
 SIGNATURE_NAME = "serving_default"
 HEAD_KINDS = ("Classification", "Binary", "MultiLabel", "Regression")
 DEFAULT_THRESHOLDS = {
@@ -74,22 +78,26 @@ DECILES = [0.1 * i for i in range(1, 10)]
 PROPORTION_FLOOR = 1e-4
 Z_95 = 1.959963984540054
 MAX_TABLE_COLUMNS = 64
+MAX_CATEGORIES = 20
+OTHER_CATEGORY = "(other)"
 
 
 # === Describing the served model ===
 
 
 def describe_model(model, input_dtype=None):
-    """What a profile records about a model: its input and its heads.
+    """What a profile records about a model: its inputs and its heads.
 
     Args:
         model: a built mtk model.
-        input_dtype: the served input dtype (as in
+        input_dtype: the served input dtype of a one-input model (as in
             `mtk.export.export_saved_model`); defaults to the model's.
 
     Returns:
-        ``{"input": {"name", "dtype", "shape"}, "heads": {name: {"kind",
-        "units", "names"}}}``, JSON-serializable.
+        ``{"inputs": [{"name", "dtype", "shape", "kind"}, ...], "heads":
+        {name: {"kind", "units", "names"}}}``, JSON-serializable: the
+        inputs as the serving signature takes them (a named ``(1,)`` feature
+        is a column of scalars).
 
     Example:
 
@@ -120,16 +128,34 @@ def describe_model(model, input_dtype=None):
             "units": int(head.output_units),
             "names": list(names) if names else None,
         }
-    model_input = model.inputs[0]
-    dtype = tf.as_dtype(input_dtype or model_input.dtype)
-    return {
-        "input": {
-            "name": model_input.name,
-            "dtype": dtype.name,
-            "shape": [None if d is None else int(d) for d in model_input.shape],
-        },
-        "heads": heads,
-    }
+    from mtk.export import serving_input_specs
+
+    served = serving_input_specs(model, input_dtype)
+    named = isinstance(served, dict)
+    inputs = []
+    for spec in served.values() if named else [served]:
+        description = {
+            "name": spec.name,
+            "dtype": spec.dtype.name,
+            "shape": [None if d is None else int(d) for d in spec.shape],
+        }
+        description["kind"] = input_kind(description, named=named)
+        inputs.append(description)
+    return {"inputs": inputs, "heads": heads}
+
+
+def upgrade_profile(profile):
+    """A profile in this version's layout (version 1 had one ``"input"``)."""
+    if "input" in profile and "inputs" not in profile:
+        profile = dict(profile)
+        profile["inputs"] = [profile.pop("input")]
+        profile["version"] = PROFILE_VERSION
+    return profile
+
+
+def input_names(model):
+    """The names of a model description's (or profile's) inputs."""
+    return [spec["name"] for spec in model["inputs"]]
 
 
 # === Features: one number per example ===
@@ -164,11 +190,17 @@ def _feature_kind(head, feature):
     return "probability"
 
 
-def input_kind(input_spec):
-    """``"image"``, ``"text"``, ``"table"`` or ``"scalar"`` for an input."""
-    if input_spec["dtype"] == "string":
-        return "text"
+def input_kind(input_spec, named=False):
+    """``"image"``, ``"text"``, ``"category"``, ``"table"`` or ``"scalar"``.
+
+    A description's own ``"kind"`` wins. One string input is text; a string
+    feature among named inputs is a category (e.g. a country code).
+    """
+    if "kind" in input_spec:
+        return input_spec["kind"]
     rank = len(input_spec["shape"]) - 1
+    if input_spec["dtype"] == "string":
+        return "category" if named and rank == 0 else "text"
     if rank >= 2:
         return "image"
     return "table" if rank == 1 else "scalar"
@@ -177,6 +209,11 @@ def input_kind(input_spec):
 def input_features(input_spec, batch):
     """``{feature: values (n,)}`` summarizing a batch of one input."""
     kind = input_kind(input_spec)
+    if kind == "category":
+        return {"category": np.array([
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            for v in np.asarray(batch, dtype=object).reshape(-1)
+        ], dtype=object)}
     if kind == "text":
         texts = [
             v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
@@ -210,8 +247,12 @@ def summarize(values, kind, categories=None, edges=None):
     Args:
         values: one number per example.
         kind: ``"categorical"`` (``categories`` names the values 0..k-1),
-            ``"probability"`` (ten bins over [0, 1]) or ``"quantile"``.
-        categories: category names of a categorical feature.
+            ``"category"`` (string values: counted per category, values not
+            in ``categories`` as ``"(other)"``), ``"probability"`` (ten bins
+            over [0, 1]) or ``"quantile"``.
+        categories: category names of a categorical feature; for
+            ``"category"`` by default the `MAX_CATEGORIES` most frequent
+            values (then ``"(other)"``).
         edges: interior bin edges; by default the probability bins, or the
             deciles of ``values`` for ``"quantile"``.
 
@@ -226,6 +267,8 @@ def summarize(values, kind, categories=None, edges=None):
     >>> s["counts"]
     [1, 0, 0, 0, 0, 1, 0, 0, 0, 1]
     """
+    if kind == "category":
+        return _summarize_categories(values, categories)
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     summary = {"kind": kind, "examples": int(len(values))}
     if kind == "categorical":
@@ -251,6 +294,25 @@ def summarize(values, kind, categories=None, edges=None):
             values, [0.05, 0.25, 0.5, 0.75, 0.95]
         ).tolist()
     return summary
+
+
+def _summarize_categories(values, categories=None):
+    values = np.asarray(values, dtype=object).reshape(-1)
+    if categories is None:
+        found, counts = np.unique(values.astype(str), return_counts=True)
+        # Most frequent first, ties by name, so a profile is reproducible.
+        order = sorted(range(len(found)), key=lambda i: (-counts[i], found[i]))
+        categories = [str(found[i]) for i in order[:MAX_CATEGORIES]]
+        categories.append(OTHER_CATEGORY)
+    index = {c: i for i, c in enumerate(categories[:-1])}
+    other = len(categories) - 1
+    codes = [index.get(str(v), other) for v in values]
+    return {
+        "kind": "category",
+        "examples": int(len(values)),
+        "categories": list(categories),
+        "counts": np.bincount(codes, minlength=len(categories)).tolist(),
+    }
 
 
 def _proportions(counts):
@@ -402,13 +464,17 @@ class Traffic:
         self.source = source
         self.ids = []
         self._outputs = {name: [] for name in model["heads"]}
-        self._features = {}
+        self._features = {name: {} for name in input_names(model)}
         self._labels = {}
         self.records_read = 0
         self.records_skipped = 0
         self.problems = []
 
     def add(self, ids, inputs, outputs, labels=None):
+        """Appends a batch: ``inputs`` an array, or a dict keyed by input."""
+        if not isinstance(inputs, dict):
+            (name,) = input_names(self.model)
+            inputs = {name: inputs}
         self.ids.extend(ids)
         for name, head in self.model["heads"].items():
             self._outputs[name].append(
@@ -416,9 +482,10 @@ class Traffic:
                     len(ids), head["units"]
                 )
             )
-        spec = self.model["input"]
-        for feature, values in input_features(spec, inputs).items():
-            self._features.setdefault(feature, []).append(values)
+        for spec in self.model["inputs"]:
+            features = self._features[spec["name"]]
+            for feature, values in input_features(spec, inputs[spec["name"]]).items():
+                features.setdefault(feature, []).append(values)
         for name, values in (labels or {}).items():
             head = self.model["heads"][name]
             width = 1 if head["kind"] == "Classification" else head["units"]
@@ -437,10 +504,8 @@ class Traffic:
     @property
     def input_features(self):
         return {
-            self.model["input"]["name"]: {
-                feature: np.concatenate(parts)
-                for feature, parts in self._features.items()
-            }
+            name: {feature: np.concatenate(parts) for feature, parts in features.items()}
+            for name, features in self._features.items()
         }
 
     @property
@@ -458,20 +523,27 @@ class Traffic:
         }
 
 
-def _check_data_inputs(x, input_name, argument):
-    if isinstance(x, dict):
-        unknown = sorted(set(x) - {input_name})
-        if unknown:
+def _check_data_inputs(x, names, argument):
+    """``{input name: batch}``; an array stands for the only input."""
+    if not isinstance(x, dict):
+        if len(names) != 1:
             raise ValueError(
-                f"{argument} has inputs {unknown} that the signature "
-                f"{SIGNATURE_NAME!r} does not take; it takes [{input_name!r}]."
+                f"{argument} gives one array; the signature {SIGNATURE_NAME!r} "
+                f"takes named inputs {sorted(names)}: give a dict of them."
             )
-        if input_name not in x:
-            raise ValueError(
-                f"{argument} lacks input {input_name!r}, which the signature "
-                f"{SIGNATURE_NAME!r} takes."
-            )
-        return x[input_name]
+        return {names[0]: x}
+    unknown = sorted(set(x) - set(names))
+    if unknown:
+        raise ValueError(
+            f"{argument} has inputs {unknown} that the signature "
+            f"{SIGNATURE_NAME!r} does not take; it takes {sorted(names)}."
+        )
+    missing = sorted(set(names) - set(x))
+    if missing:
+        raise ValueError(
+            f"{argument} lacks inputs {missing}, which the signature "
+            f"{SIGNATURE_NAME!r} takes."
+        )
     return x
 
 
@@ -484,7 +556,7 @@ def _batches(data, batch_size):
                 yield element, None
         return
     x, y = (data if isinstance(data, tuple) else (data, None))
-    first = x[next(iter(x))] if isinstance(x, dict) else x
+    first = next(iter(x.values())) if isinstance(x, dict) else x
     for start in range(0, len(first), batch_size):
         sl = slice(start, start + batch_size)
         xb = {k: v[sl] for k, v in x.items()} if isinstance(x, dict) else x[sl]
@@ -492,22 +564,41 @@ def _batches(data, batch_size):
         yield xb, yb
 
 
-def _collect(model, predict, data, source, batch_size=256, argument="data"):
-    traffic = Traffic(model, source)
-    spec = model["input"]
+def _served_array(values, spec):
+    """``values`` as the signature's input ``spec`` takes them (numpy)."""
     dtype = tf.as_dtype(spec["dtype"])
+    if dtype == tf.string:
+        values = np.asarray(values, dtype=object)
+    else:
+        values = np.asarray(values).astype(dtype.as_numpy_dtype, copy=False)
+    if len(spec["shape"]) == 1 and values.ndim == 2 and values.shape[1] == 1:
+        values = values.reshape(-1)  # a (batch, 1) column of a named feature
+    return values
+
+
+def _collect(model, predict, data, source, batch_size=256, argument="data"):
+    """Runs ``predict`` (a dict of served inputs -> outputs) over ``data``."""
+    traffic = Traffic(model, source)
+    specs = {spec["name"]: spec for spec in model["inputs"]}
     for x, y in _batches(data, batch_size):
-        x = _check_data_inputs(x, spec["name"], argument)
-        if dtype == tf.string:
-            x = np.asarray(x, dtype=object)
-        else:
-            x = np.asarray(x).astype(dtype.as_numpy_dtype, copy=False)
+        x = _check_data_inputs(x, list(specs), argument)
+        x = {name: _served_array(x[name], spec) for name, spec in specs.items()}
+        rows = {len(v) for v in x.values()}
+        if len(rows) != 1:
+            raise ValueError(
+                f"{argument}'s inputs hold different numbers of examples: "
+                + ", ".join(f"{n}: {len(v)}" for n, v in x.items()) + "."
+            )
         if y is not None:
             _check_label_heads(y, model, argument)
-        outputs = predict(tf.constant(x, dtype=dtype))
+        outputs = predict({
+            name: tf.constant(v, dtype=tf.as_dtype(specs[name]["dtype"]))
+            for name, v in x.items()
+        })
         outputs = {name: np.asarray(outputs[name]) for name in model["heads"]}
         start = len(traffic)
-        traffic.add([str(i) for i in range(start, start + len(x))], x, outputs, y)
+        count = rows.pop()
+        traffic.add([str(i) for i in range(start, start + count)], x, outputs, y)
     return traffic
 
 
@@ -529,7 +620,7 @@ def profile_traffic(traffic):
     Example:
 
     >>> t = mtk.monitoring.Traffic(
-    ...     {"input": {"name": "inputs", "dtype": "float32", "shape": [None, 2]},
+    ...     {"inputs": [{"name": "inputs", "dtype": "float32", "shape": [None, 2]}],
     ...      "heads": {"flag": {"kind": "Binary", "units": 1, "names": None}}},
     ...     "example")
     >>> t.add(["0", "1"], np.ones((2, 2)), {"flag": np.array([[0.25], [0.95]])})
@@ -547,7 +638,7 @@ def profile_traffic(traffic):
         "format": PROFILE_FORMAT,
         "version": PROFILE_VERSION,
         "examples": len(traffic),
-        "input": model["input"],
+        "inputs": model["inputs"],
         "heads": model["heads"],
         "outputs": {},
         "input_stats": {},
@@ -563,7 +654,8 @@ def profile_traffic(traffic):
         }
     for input_name, features in traffic.input_features.items():
         profile["input_stats"][input_name] = {
-            feature: summarize(values, "quantile")
+            feature: summarize(
+                values, "category" if feature == "category" else "quantile")
             for feature, values in features.items()
         }
     for name, labels in traffic.labels.items():
@@ -589,11 +681,12 @@ def compute_profile(
             labels)`` batches (labels a dict keyed by head, missing labels
             allowed), or an array of inputs, or a tuple ``(inputs,
             labels)`` of arrays.
-        input_dtype: the served input dtype.
+        input_dtype: the served input dtype of a one-input model.
         batch_size: batch size for arrays.
-        predict: optional function from a batch of served inputs to the
-            outputs dict (the export passes its serving function, already
-            traced); defaults to calling ``model``.
+        predict: optional function from a batch of served inputs (one
+            tensor, or a dict of them for named inputs) to the outputs dict
+            (the export passes its serving function, already traced);
+            defaults to the serving function of ``model``.
 
     Returns:
         The profile, a JSON-serializable dict.
@@ -607,35 +700,27 @@ def compute_profile(
     >>> profile["examples"], sorted(profile["outputs"]["item"])
     (10, ['class', 'confidence'])
     """
+    from mtk.export import serving_function
+
     description = describe_model(model, input_dtype)
     if predict is None:
-        predict = _traced_call(model, description["input"])
+        # Nearly all of a profile's time is this inference pass. The traced
+        # serving graph (one trace, open batch dimension) costs about 1/1.5
+        # of calling the Keras model eagerly (quick start, 5,000 images).
+        predict = serving_function(model, input_dtype)
     traffic = _collect(
-        description, predict, reference_data, "reference_data", batch_size,
-        argument="reference_data",
+        description, _by_input_name(predict, description), reference_data,
+        "reference_data", batch_size, argument="reference_data",
     )
     return profile_traffic(traffic)
 
 
-def _traced_call(model, input_spec):
-    """``model`` on a batch of served inputs, as one traced graph function.
-
-    Nearly all of a profile's time is this inference pass. Called eagerly,
-    Keras dispatches every layer from Python on every batch and TensorFlow
-    runs the ops unfused: about 1.5x the CPU time of the traced graph the
-    export serves (quick start model, 5,000 images). A fixed input
-    signature with an open batch dimension traces once (~50 ms), the last,
-    smaller batch included.
-    """
-    model_dtype = model.inputs[0].dtype
-    signature = tf.TensorSpec(input_spec["shape"], tf.as_dtype(input_spec["dtype"]))
-
-    def call_model(x):
-        if x.dtype != tf.string:
-            x = tf.cast(x, model_dtype)
-        return model(x, training=False)
-
-    return tf.function(call_model, input_signature=[signature])
+def _by_input_name(predict, model):
+    """``predict`` (served inputs as the signature takes them) on a dict."""
+    (name, *others) = input_names(model)
+    if others:
+        return predict
+    return lambda inputs: predict(inputs[name])
 
 
 def write_profile(profile, directory):
@@ -716,7 +801,7 @@ def load_profile(path):
             raise ValueError(f"profile {path!r} is not valid JSON: {e}") from e
     if not isinstance(profile, dict) or profile.get("format") != PROFILE_FORMAT:
         raise ValueError(f"{path!r} is not an mtk reference profile.")
-    return profile
+    return upgrade_profile(profile)
 
 
 # === The served model ===
@@ -744,8 +829,8 @@ class ServedModel:
     >>> _ = mtk.export.export_saved_model(
     ...     model, base, reference_data=np.ones((8, 4)))
     >>> served = mtk.monitoring.ServedModel(base)
-    >>> served.input_name, served.profile["examples"]
-    ('inputs', 8)
+    >>> served.input_names, served.profile["examples"]
+    (['inputs'], 8)
     """
 
     def __init__(self, export_dir, profile=None):
@@ -754,24 +839,19 @@ class ServedModel:
             profile = load_profile(self.path)
         elif not isinstance(profile, dict):
             profile = load_profile(profile)
-        self.profile = profile
+        self.profile = upgrade_profile(profile)
         self._signature = None
         signature = self.signature
-        inputs = signature.structured_input_signature[1]
-        if len(inputs) != 1:
-            raise ValueError(
-                f"{self.path!r}: monitoring reads signatures with one input, "
-                f"this one takes {sorted(inputs)}."
-            )
-        (self.input_name, spec), = inputs.items()
-        self.input_dtype = spec.dtype
-        if profile["input"]["name"] != self.input_name:
+        self.input_specs = dict(signature.structured_input_signature[1])
+        self.input_names = sorted(self.input_specs)
+        expected = sorted(input_names(self.profile))
+        if expected != self.input_names:
             raise ValueError(
                 f"the reference profile is from another model than "
-                f"{self.path!r}: its input is {profile['input']['name']!r}, "
-                f"the signature takes {self.input_name!r}."
+                f"{self.path!r}: its inputs are {expected}, the signature "
+                f"takes {self.input_names}."
             )
-        check_profile_matches(profile, signature.structured_outputs, self.path)
+        check_profile_matches(self.profile, signature.structured_outputs, self.path)
 
     @property
     def signature(self):
@@ -783,11 +863,15 @@ class ServedModel:
 
     @property
     def model(self):
-        return {"input": self.profile["input"], "heads": self.profile["heads"]}
+        return {"inputs": self.profile["inputs"], "heads": self.profile["heads"]}
 
     def predict(self, x):
-        """The signature's outputs for a batch of inputs."""
-        return self.signature(**{self.input_name: x})
+        """The signature's outputs for a batch: a dict keyed by input name
+        (an array or tensor alone stands for a one-input model's input)."""
+        if not isinstance(x, dict):
+            (name,) = self.input_names
+            x = {name: x}
+        return self.signature(**x)
 
 
 def check_profile_matches(profile, outputs, where):
@@ -847,7 +931,8 @@ def observe(served, data, *, batch_size=256):
     Args:
         served: a `ServedModel` or an export directory.
         data: a `tf.data.Dataset` of inputs or ``(inputs, labels)`` batches,
-            an array of inputs, a dict ``{input name: array}``, or a tuple
+            an array of inputs, a dict ``{input name: array}`` (named
+            inputs: one entry each), or a tuple
             ``(inputs, labels)``; labels (a dict keyed by head) become the
             traffic's labels, with ids ``"0"``, ``"1"``, ... by position.
         batch_size: batch size for arrays.
@@ -986,18 +1071,22 @@ def read_prediction_logs(served, paths):
         served = ServedModel(served)
     model = served.model
     traffic = Traffic(model, f"PredictionLog files {paths!r}")
-    input_name = served.input_name
+    names = served.input_names
     heads = list(model["heads"])
-    pending = {"ids": [], "x": [], "out": {h: [] for h in heads}}
+
+    def empty():
+        return {"ids": [], "x": {n: [] for n in names}, "out": {h: [] for h in heads}}
+
+    pending = empty()
 
     def flush():
         if pending["ids"]:
             traffic.add(
-                pending["ids"], np.concatenate(pending["x"]),
+                pending["ids"],
+                {n: np.concatenate(v) for n, v in pending["x"].items()},
                 {h: np.concatenate(v) for h, v in pending["out"].items()},
             )
-        pending["ids"], pending["x"] = [], []
-        pending["out"] = {h: [] for h in heads}
+        pending.update(empty())
 
     def skip(reason):
         traffic.records_skipped += 1
@@ -1028,10 +1117,10 @@ def read_prediction_logs(served, paths):
                 skip(f"{where}: no predict_log ({log.WhichOneof('log_type')})")
                 continue
             request, response = log.predict_log.request, log.predict_log.response
-            if set(request.inputs) != {input_name}:
+            if sorted(request.inputs) != names:
                 skip(
                     f"{where}: request inputs {sorted(request.inputs)} are not "
-                    f"the signature's [{input_name!r}]"
+                    f"the signature's {names}"
                 )
                 continue
             missing = [h for h in heads if h not in response.outputs]
@@ -1039,18 +1128,20 @@ def read_prediction_logs(served, paths):
                 skip(f"{where}: response lacks outputs {missing}")
                 continue
             try:
-                x = tf.make_ndarray(request.inputs[input_name])
+                x = {n: tf.make_ndarray(request.inputs[n]) for n in names}
                 outputs = {h: tf.make_ndarray(response.outputs[h]) for h in heads}
             except (ValueError, TypeError) as e:
                 skip(f"{where}: unreadable tensor ({e})")
                 continue
-            rows = len(x)
-            if rows == 0 or any(len(o) != rows for o in outputs.values()):
+            rows = len(x[names[0]])
+            sizes = [len(v) for v in (*x.values(), *outputs.values())]
+            if rows == 0 or any(size != rows for size in sizes):
                 skip(f"{where}: inputs and outputs hold different batch sizes")
                 continue
             traffic.records_read += 1
             pending["ids"].extend(f"{where}:{r}" for r in range(rows))
-            pending["x"].append(x)
+            for n in names:
+                pending["x"][n].append(x[n])
             for h in heads:
                 pending["out"][h].append(outputs[h])
             if len(pending["ids"]) >= 4096:
@@ -1069,7 +1160,8 @@ def write_prediction_logs(served, path, inputs, *, batch_size=1):
     Args:
         served: a `ServedModel` or an export directory.
         path: the TFRecord file to write.
-        inputs: an array of inputs (one example per row).
+        inputs: an array of inputs (one example per row), or a dict of
+            them keyed by input name.
         batch_size: examples per logged request.
 
     Returns:
@@ -1093,21 +1185,27 @@ def write_prediction_logs(served, path, inputs, *, batch_size=1):
 
     if not isinstance(served, ServedModel):
         served = ServedModel(served)
-    dtype = served.input_dtype
+    specs = {s["name"]: s for s in served.model["inputs"]}
+    inputs = _check_data_inputs(inputs, list(specs), "inputs")
     name = os.path.basename(os.path.dirname(served.path)) or "model"
     version = os.path.basename(served.path)
     count = 0
+    total = len(next(iter(inputs.values())))
     with tf.io.TFRecordWriter(os.fspath(path)) as writer:
-        for start in range(0, len(inputs), batch_size):
-            x = np.asarray(inputs[start:start + batch_size])
-            if dtype != tf.string:
-                x = x.astype(dtype.as_numpy_dtype)
-            outputs = served.predict(tf.constant(x, dtype=dtype))
+        for start in range(0, total, batch_size):
+            x = {
+                n: _served_array(np.asarray(v[start:start + batch_size]), specs[n])
+                for n, v in inputs.items()
+            }
+            dtypes = {n: served.input_specs[n].dtype for n in x}
+            outputs = served.predict(
+                {n: tf.constant(v, dtype=dtypes[n]) for n, v in x.items()})
             spec = model_pb2.ModelSpec(name=name, signature_name=SIGNATURE_NAME)
             if version.isdigit():
                 spec.version.value = int(version)
             request = predict_pb2.PredictRequest(model_spec=spec)
-            request.inputs[served.input_name].CopyFrom(tf.make_tensor_proto(x, dtype=dtype))
+            for n, v in x.items():
+                request.inputs[n].CopyFrom(tf.make_tensor_proto(v, dtype=dtypes[n]))
             response = predict_pb2.PredictResponse(model_spec=spec)
             for key, value in outputs.items():
                 response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
@@ -1241,7 +1339,7 @@ def _compare_features(reference, current, head=None):
             "reference": _proportions(ref["counts"]).tolist(),
             "current": _proportions(now["counts"]).tolist(),
         }
-        if kind == "categorical":
+        if kind in ("categorical", "category"):
             entry["categories"] = ref["categories"]
             entry["change"] = (
                 np.asarray(entry["current"]) - np.asarray(entry["reference"])
@@ -1297,8 +1395,8 @@ def compare(profile, traffic, *, labels=None, thresholds=None):
     Example:
 
     >>> head = {"kind": "Binary", "units": 1, "names": None}
-    >>> model = {"input": {"name": "inputs", "dtype": "float32",
-    ...                    "shape": [None, 2]}, "heads": {"flag": head}}
+    >>> model = {"inputs": [{"name": "inputs", "dtype": "float32",
+    ...                      "shape": [None, 2]}], "heads": {"flag": head}}
     >>> reference = mtk.monitoring.Traffic(model, "reference")
     >>> reference.add([str(i) for i in range(100)], np.zeros((100, 2)),
     ...               {"flag": np.linspace(0, 0.5, 100)[:, None]})
@@ -1319,11 +1417,12 @@ def compare(profile, traffic, *, labels=None, thresholds=None):
         raise ValueError(
             f"the traffic's model and the profile's differ in heads {differing}."
         )
-    input_name = profile["input"]["name"]
-    if traffic.model["input"]["name"] != input_name:
+    profile = upgrade_profile(profile)
+    expected, given = sorted(input_names(profile)), sorted(input_names(traffic.model))
+    if given != expected:
         raise ValueError(
-            f"the traffic has input {traffic.model['input']['name']!r}; the "
-            f"profile's model takes {input_name!r}."
+            f"the traffic has inputs {given}; the profile's model takes "
+            f"{expected}."
         )
     all_labels = {}
     for name, values in traffic.labels.items():
@@ -1372,10 +1471,11 @@ def compare(profile, traffic, *, labels=None, thresholds=None):
             entry["quality"] = quality
         entry["flags"] = _flags(entry, limits[name])
         report["heads"][name] = entry
+    input_specs = {spec["name"]: spec for spec in profile["inputs"]}
     for name, reference in profile["input_stats"].items():
         features = _compare_features(reference, traffic.input_features[name])
         entry = {
-            "kind": input_kind(profile["input"]),
+            "kind": input_kind(input_specs[name]),
             "psi": max((f["psi"] for f in features.values()), default=0.0),
             "js": max((f["js"] for f in features.values()), default=0.0),
             "features": features,

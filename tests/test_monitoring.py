@@ -179,7 +179,7 @@ def test_profile_of_other_kinds(tmp_path):
 
 def test_regression_head_drift_and_error_interval():
     head = {"kind": "Regression", "units": 1, "names": None}
-    model = {"input": {"name": "x", "dtype": "float32", "shape": [None]},
+    model = {"inputs": [{"name": "x", "dtype": "float32", "shape": [None]}],
              "heads": {"price": head}}
     rng = np.random.default_rng(0)
 
@@ -415,9 +415,19 @@ def test_profile_from_another_model_names_the_heads(export):
     assert "['flag']" in message
 
     renamed = dict(monitoring.load_profile(export))
-    renamed["input"] = dict(renamed["input"], name="pixels")
-    with pytest.raises(ValueError, match="input is 'pixels'.*takes 'inputs'"):
+    renamed["inputs"] = [dict(renamed["inputs"][0], name="pixels")]
+    with pytest.raises(ValueError, match=r"inputs are \['pixels'\].*takes \['inputs'\]"):
         monitoring.ServedModel(export, renamed)
+
+
+def test_profile_of_the_first_format_still_reads(export, served):
+    """Version 1 profiles held one "input"; they load as version 2."""
+    legacy = dict(monitoring.load_profile(export), version=1)
+    legacy["input"] = {k: v for k, v in legacy.pop("inputs")[0].items() if k != "kind"}
+    x, _ = images(50, seed=16)
+    now = monitoring.observe(monitoring.ServedModel(export, legacy), x)
+    assert (monitoring.compare(legacy, now)["inputs"]["inputs"]["psi"]
+            == pytest.approx(monitoring.compare(served.profile, now)["inputs"]["inputs"]["psi"]))
 
 
 def test_traffic_with_inputs_the_signature_does_not_take(export, served, tmp_path, capsys):

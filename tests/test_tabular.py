@@ -275,11 +275,84 @@ def test_bad_named_warmup_inputs_name_the_input(tabular_model, tmp_path, warmup,
     assert not (tmp_path / "m").exists() or not os.listdir(tmp_path / "m")
 
 
-def test_reference_profile_of_a_named_input_model_is_refused(tabular_model, tmp_path):
-    with pytest.raises(ValueError, match=r"reference_data \(mtk.monitoring\) is supported"
-                                         r" for one-input models only"):
-        mtk.export.export_saved_model(tabular_model, str(tmp_path / "m"),
-                                      reference_data={"age": [1.0]})
+def raw_features(table):
+    """The tabular model's raw inputs, one column per feature, as served."""
+    return {"age": table["age"].to_numpy("float32"),
+            "country": table["country"].to_numpy(object),
+            "city_id": table["city_id"].to_numpy("int32"),
+            "device": table["device"].to_numpy(object)}
+
+
+def test_named_input_model_is_profiled_and_monitored_per_feature(
+        tabular_model, tmp_path):
+    reference = raw_features(make_table(400, seed=1))
+    labels = {"click": make_table(400, seed=1)["clicked"].to_numpy("float32")}
+    base = str(tmp_path / "clicks")
+    mtk.export.export_saved_model(
+        tabular_model, base, reference_data=(reference, labels))
+    profile = mtk.monitoring.load_profile(base)
+    assert [s["name"] for s in profile["inputs"]] == ["age", "city_id", "country", "device"]
+    assert {s["name"]: s["kind"] for s in profile["inputs"]} == {
+        "age": "scalar", "city_id": "scalar", "country": "category",
+        "device": "category"}
+    country = profile["input_stats"]["country"]["category"]
+    # The reference's categories by frequency, then "(other)".
+    counts = pd.Series(reference["country"]).value_counts()
+    assert country["categories"] == sorted(counts.index, key=lambda c: (-counts[c], c)) + ["(other)"]
+    assert country["counts"] == sorted(counts.tolist(), reverse=True) + [0]
+    age = profile["input_stats"]["age"]["value"]
+    np.testing.assert_allclose(age["mean"], reference["age"].mean(), rtol=1e-5)
+    assert profile["metrics"]["click"]["labels"] == 400
+
+    served = mtk.monitoring.ServedModel(base)
+    same = raw_features(make_table(400, seed=2))
+    assert mtk.monitoring.compare(profile, mtk.monitoring.observe(served, same))[
+        "flagged"] == []
+    # Only French visitors, and some from a country never seen: country
+    # drifts; age, city and device do not.
+    shifted = dict(same, country=np.where(
+        np.arange(400) % 10 == 0, "XX", "FR").astype(object))
+    report = mtk.monitoring.compare(profile, mtk.monitoring.observe(served, shifted))
+    assert "country" in report["flagged"]
+    assert not {"age", "city_id", "device"} & set(report["flagged"])
+    change = dict(zip(report["inputs"]["country"]["features"]["category"]["categories"],
+                      report["inputs"]["country"]["features"]["category"]["current"]))
+    assert change["(other)"] == pytest.approx(0.1)
+
+    # The command line reads named inputs from one .npz (string columns as
+    # fixed-width text: .npz refuses pickled objects).
+    arrays = str(tmp_path / "now.npz")
+    np.savez(arrays, **{k: v.astype(str) if v.dtype == object else v
+                        for k, v in shifted.items()})
+    from mtk.monitor import main
+    assert main([base, arrays, "--out", str(tmp_path / "report")]) == 1
+    assert (tmp_path / "report" / "input_country.png").exists()
+
+    # TF Serving's logs of the same requests (several features per request)
+    # give the same report.
+    log = str(tmp_path / "requests.log")
+    assert mtk.monitoring.write_prediction_logs(served, log, shifted, batch_size=3) == 134
+    logged = mtk.monitoring.read_prediction_logs(served, log)
+    assert (logged.records_read, logged.records_skipped) == (134, 0)
+    from_logs = mtk.monitoring.compare(profile, logged)
+    assert from_logs["flagged"] == report["flagged"]
+    for section in ("heads", "inputs"):
+        for name, entry in report[section].items():
+            assert from_logs[section][name]["psi"] == pytest.approx(entry["psi"])
+
+
+def test_named_input_traffic_missing_a_feature_is_refused(tabular_model, table, tmp_path):
+    base = str(tmp_path / "clicks")
+    mtk.export.export_saved_model(
+        tabular_model, base, reference_data=raw_features(table))
+    x = raw_features(table)
+    del x["device"]
+    with pytest.raises(ValueError, match=r"lacks inputs \['device'\]"):
+        mtk.monitoring.observe(base, x)
+    with pytest.raises(ValueError, match=r"one array.*named inputs \['age', 'city_id'"):
+        mtk.monitoring.observe(base, x["age"])
+    with pytest.raises(ValueError, match="different numbers of examples: age: 24, city_id: 24, country: 3,"):
+        mtk.monitoring.observe(base, dict(raw_features(table), country=x["country"][:3]))
 
 
 def test_tflite_converts_numeric_features_and_refuses_categorical(
