@@ -438,7 +438,14 @@ def test_multimodal_trains_freezing_only_the_image_part_saves_and_serves(
 
     # The export answers TF-Serving-style dict rows as model.predict does,
     # in a process where neither mtk nor Keras can be imported.
-    path = mtk.export.export_saved_model(model, str(tmp_path / "serving"))
+    path = mtk.export.export_saved_model(
+        model, str(tmp_path / "serving"),
+        reference_data={k: v.numpy() for k, v in x.items()})
+    profile = mtk.monitoring.load_profile(path)
+    assert {s["name"]: s["kind"] for s in profile["inputs"]} == {
+        "age": "scalar", "city_id": "scalar", "country": "category",
+        "device": "category", "xray": "image"}
+    assert sorted(profile["input_stats"]["xray"]) == ["mean", "std"]
     rows = [{"age": float(x["age"][i]), "country": x["country"][i].numpy().decode(),
              "city_id": int(x["city_id"][i]), "device": x["device"][i].numpy().decode(),
              "xray": x["xray"][i].numpy().tolist()} for i in range(3)]
