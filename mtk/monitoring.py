@@ -206,19 +206,21 @@ def input_kind(input_spec, named=False):
     return "table" if rank == 1 else "scalar"
 
 
+def _texts(batch):
+    """A batch of strings (bytes or str) as Python strings, one per example."""
+    return [
+        v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+        for v in np.asarray(batch, dtype=object).reshape(-1)
+    ]
+
+
 def input_features(input_spec, batch):
     """``{feature: values (n,)}`` summarizing a batch of one input."""
     kind = input_kind(input_spec)
     if kind == "category":
-        return {"category": np.array([
-            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-            for v in np.asarray(batch, dtype=object).reshape(-1)
-        ], dtype=object)}
+        return {"category": np.array(_texts(batch), dtype=object)}
     if kind == "text":
-        texts = [
-            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-            for v in np.asarray(batch, dtype=object).reshape(-1)
-        ]
+        texts = _texts(batch)
         return {
             "length": np.array([len(t) for t in texts], dtype=np.float64),
             "words": np.array([len(t.split()) for t in texts], dtype=np.float64),
