@@ -354,12 +354,33 @@ def _serving_spec(model, input_dtype):
 
 def serving_input_specs(model, input_dtype=None):
     """The serving signature's input: a TensorSpec, or a dict of them for a
-    model with named inputs (see `export_saved_model`)."""
+    model with named inputs (see `export_saved_model`).
+
+    Example:
+
+    >>> model = mtk.build_multitask_model(
+    ...     "mobilenet_v3_small", input_shape=(32, 32, 3), trunk_weights=None,
+    ...     heads=[mtk.heads.Binary("flag")])
+    >>> spec = mtk.export.serving_input_specs(model, input_dtype="uint8")
+    >>> spec.name, spec.dtype.name, spec.shape.as_list()
+    ('image', 'uint8', [None, 32, 32, 3])
+    """
     return _serving_spec(model, input_dtype).input
 
 
 def serving_function(model, input_dtype=None):
-    """The traced function the export serves: served inputs -> outputs."""
+    """The traced function the export serves: served inputs -> outputs.
+
+    Example:
+
+    >>> model = mtk.build_multitask_model(
+    ...     "mobilenet_v3_small", input_shape=(32, 32, 3), trunk_weights=None,
+    ...     heads=[mtk.heads.Classification("item", 3, class_names=list("abc"))])
+    >>> serve = mtk.export.serving_function(model)
+    >>> outputs = serve(tf.zeros((2, 32, 32, 3)))
+    >>> sorted(outputs), outputs["item_class_name"].shape.as_list()
+    (['item', 'item_class_id', 'item_class_name'], [2])
+    """
     return _serving_fn(_serving_spec(model, input_dtype))
 
 

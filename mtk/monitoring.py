@@ -145,7 +145,15 @@ def describe_model(model, input_dtype=None):
 
 
 def upgrade_profile(profile):
-    """A profile in this version's layout (version 1 had one ``"input"``)."""
+    """A profile in this version's layout (version 1 had one ``"input"``).
+
+    Example:
+
+    >>> old = {"version": 1, "input": {"name": "image", "kind": "image"}, "heads": []}
+    >>> new = mtk.monitoring.upgrade_profile(old)
+    >>> new["version"] == mtk.monitoring.PROFILE_VERSION, mtk.monitoring.input_names(new)
+    (True, ['image'])
+    """
     if "input" in profile and "inputs" not in profile:
         profile = dict(profile)
         profile["inputs"] = [profile.pop("input")]
@@ -154,7 +162,13 @@ def upgrade_profile(profile):
 
 
 def input_names(model):
-    """The names of a model description's (or profile's) inputs."""
+    """The names of a model description's (or profile's) inputs.
+
+    Example:
+
+    >>> mtk.monitoring.input_names({"inputs": [{"name": "age"}, {"name": "country"}]})
+    ['age', 'country']
+    """
     return [spec["name"] for spec in model["inputs"]]
 
 
