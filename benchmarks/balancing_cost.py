@@ -7,7 +7,9 @@ from other jobs spreads evenly); the table gives the median step time as a
 ratio to static weights within each round (mean ± std over rounds), and to a
 hand-written Keras model of the same graph (plain ``keras.Model``, Keras' own
 ``train_step``, the same masked losses), which is what mtk's one training
-step costs over plain Keras. ``--memory`` also measures each method's peak
+step costs over plain Keras. The "floor" row is that model's step plus one
+backward pass per task through the activations only (`FloorModel`): a lower
+bound for any exact full-parameter gradient-level method. ``--memory`` also measures each method's peak
 resident memory at K = 8, each in a fresh process.
 
     .venv/bin/python benchmarks/balancing_cost.py                  # ~15 min on 2 cores
@@ -31,6 +33,8 @@ from mtk.evaluation import StepTimer  # noqa: E402
 from mtk.evaluation import format_table  # noqa: E402
 
 KERAS = "keras (hand-written)"
+# What any exact per-task gradient costs at least (see FloorModel).
+FLOOR = "floor: K activation backward passes"
 REP_GRAD = ("pcgrad", "mgda", "upgrad")  # also timed with rep_grad=True
 
 
@@ -73,10 +77,56 @@ def hand_written_model(k):
     return model
 
 
+class FloorModel(keras.Model):
+    """The hand-written model's step plus one backward pass per task through
+    every layer's activations, down to the first convolution's output, and
+    none through the weights.
+
+    An exact per-task gradient (full-parameter MGDA, PCGrad, ...) cannot
+    skip those K passes, whatever it does with the weights' gradients (a
+    Gramian trick included), so this step's time is a lower bound on any
+    full-parameter gradient-level method's step on this trunk.
+    """
+
+    def train_step(self, data):
+        x, y = data
+        names = task_names(len(y))
+        with tf.GradientTape(persistent=True) as tape:
+            outputs = self(x, training=True)
+            losses = [keras.losses.sparse_categorical_crossentropy(y[t], outputs[t])
+                      for t in names]
+            losses = [tf.reduce_mean(loss) for loss in losses]
+            total = tf.add_n(losses)
+        rows = [tape.gradient(loss, outputs["first_activation"]) for loss in losses]
+        gradients = tape.gradient(total, self.trainable_variables)
+        del tape
+        self.optimizer.apply(gradients, self.trainable_variables)
+        # Returned, so that graph optimisation cannot prune the K passes.
+        return {"rows": tf.add_n([tf.reduce_sum(r) for r in rows])}
+
+
+def floor_model(k):
+    """`FloorModel` on the same layers as `hand_written_model`."""
+    network = mtk.data.lenet()
+    inputs = keras.Input((36, 36, 1))
+    x, first = inputs, None
+    for layer in network.layers[1:]:
+        x = layer(x)
+        if first is None and isinstance(layer, keras.layers.Conv2D):
+            first = x
+    outputs = {t: keras.layers.Dense(10, activation="softmax", dtype="float32", name=t)(x)
+               for t in task_names(k)}
+    model = FloorModel(inputs, {"first_activation": first, **outputs})
+    model.compile(optimizer="adam")
+    return model
+
+
 def build(label, k):
     keras.utils.set_random_seed(0)
     if label == KERAS:
         return hand_written_model(k)
+    if label == FLOOR:
+        return floor_model(k)
     method, _, variant = label.partition(" ")
     weighting = mtk.weighting.get_loss_weighting(method)
     if variant:
@@ -102,7 +152,7 @@ def step_seconds(label, k, args):
 
 
 def labels_for(args):
-    labels = [KERAS] + list(args.methods)
+    labels = [KERAS] + list(args.methods) + [FLOOR]
     labels += [f"{m} (rep_grad)" for m in REP_GRAD if m in args.methods]
     return labels
 
