@@ -22,7 +22,10 @@ cut at ``features``; ``--cost-rounds`` rounds, interleaved; random data and
 weights, since timing does not depend on them): the median training step of
 each architecture as a ratio to hard sharing's in the same round, compiled
 as Keras does by default and, with ``--jit-compile``, also with XLA
-(``jit_compile=True``), where many small ops of the attention branches fuse.
+(``jit_compile=True``), where many small ops of the attention branches fuse;
+beside it, one image's forward floating-point operations as TensorFlow's
+profiler counts them, so that what an architecture must compute is told
+apart from what this machine makes of it.
 
     .venv/bin/python benchmarks/sharing.py                   # ~15 min on 2 cores
     .venv/bin/python benchmarks/sharing.py --seeds 1 --train-size 1000
@@ -122,16 +125,35 @@ def run(args, trunk_path, sharing, tasks, data, seed):
 QUICKSTART_BLOCKS = ["block1_pool", "block2_pool", "block3_conv"]
 
 
-def step_time(sharing, x, y, batch_size, jit_compile=False):
-    """Median training step of the quick start's network with ``sharing``."""
+def quickstart_model(sharing, jit_compile=False):
     keras.utils.set_random_seed(0)
-    model = mtk.build_multitask_model(
+    return mtk.build_multitask_model(
         mtk.data.quickstart_cnn(), trunk_output="features", trunk_weights=None,
         freeze_trunk=False, heads=mtk.data.multi_fashion_heads(), sharing=sharing,
         jit_compile=jit_compile)
+
+
+def step_time(sharing, x, y, batch_size, jit_compile=False):
+    """Median training step of the quick start's network with ``sharing``."""
+    model = quickstart_model(sharing, jit_compile)
     timer = StepTimer()
     model.fit(x, y, batch_size=batch_size, epochs=3, verbose=0, callbacks=[timer])
     return timer.median()
+
+
+def forward_flops(sharing):
+    """Floating-point operations of one image's forward pass (inference
+    mode), as TensorFlow's profiler counts them in the traced graph:
+    convolutions, matmuls and arithmetic; activations (ReLU, sigmoid) and
+    resizing are not counted."""
+    model = quickstart_model(sharing)
+    forward = tf.function(lambda images: model(images, training=False))
+    graph = forward.get_concrete_function(
+        tf.TensorSpec((1, 28, 28, 1), tf.float32)).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder(
+        tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    ).with_empty_output().build()
+    return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
 
 
 def cost_table(args):
@@ -156,7 +178,10 @@ def cost_table(args):
                 ratios[name, jit].append(times[name] / times["hard"])
                 millis[name, jit].append(1000 * times[name])
         print(f"cost round {round_ + 1}/{args.cost_rounds} done", flush=True)
+    flops = {name: forward_flops(architectures[name]()) for name in args.architectures}
     rows = [{"sharing": name, "jit_compile": jit,
+             "forward MFLOP": f"{flops[name] / 1e6:.1f}",
+             "FLOP / hard": f"{flops[name] / flops['hard']:.2f}",
              "step ms": mean_std(millis[name, jit], ".1f"),
              "train step / hard": mean_std(r, ".2f")}
             for (name, jit), r in ratios.items()]
