@@ -19,7 +19,7 @@ rounds (the feeds alternate within each round; target for (a) <= 1.05, as
 second each pipeline delivers on its own. The table is the synthetic
 click log `mtk.data.clicks.click_table`. No network.
 
-    python benchmarks/tabular_pipeline.py              # ~4 minutes on 2 cores
+    python benchmarks/tabular_pipeline.py              # ~30 s on 2 cores
     python benchmarks/tabular_pipeline.py --rows 200000 --batch-size 1024
 """
 
