@@ -244,7 +244,10 @@ def check_training_data(model, x, y=None, *, source=None):
     checked against each head's contract (`mtk.heads.Head.check_label_values`):
     in-memory arrays whole, a `tf.data.Dataset` on its first batch (one batch
     is read; later batches are the training loop's to guard, see
-    `TerminateOnNonFinite`).
+    `TerminateOnNonFinite`). A dataset that caches after a ``prefetch``
+    (e.g. ``tfds.load(...).cache()``) is not read here: a partial read can
+    leave TensorFlow's cache holding only part of it, so its label values
+    are checked by the training step, batch by batch.
 
     Args:
         model: a model from `mtk.build_multitask_model`.
@@ -308,6 +311,10 @@ def check_training_data(model, x, y=None, *, source=None):
     if isinstance(x, tf.data.Dataset):
         if int(x.cardinality()) == 0:
             raise ValueError(f"{empty} (the dataset has 0 batches).")
+        if _caches_read_ahead(x):
+            # Reading one batch could cut the cache: the step's label
+            # guards check every batch instead.
+            return
         # One batch from the pipeline (also when its size is unknown).
         batch = next(iter(x.take(1)), None)
         if batch is None:
@@ -324,6 +331,42 @@ def check_training_data(model, x, y=None, *, source=None):
         if 0 in sizes:
             raise ValueError(f"{empty} (0 examples).")
         check_label_values(heads, y, where=of_source.strip() or None)
+
+
+def _caches_read_ahead(dataset):
+    """Whether ``dataset`` caches what a ``prefetch`` before the cache reads.
+
+    Reading such a pipeline only in part (one batch, as the check above
+    would) cancels it; TensorFlow's ``prefetch`` then reports the end of
+    the data, and the cache keeps the cut copy for every later epoch
+    (TensorFlow 2.21). ``tfds.load(...).cache()`` is such a pipeline:
+    TFDS datasets end in a prefetch. A cardinality assertion between the
+    two (`mtk.data.tfds_pipeline.cache_whole`) makes a short read fail
+    instead, so it is safe. tf.data has no public way to walk a pipeline;
+    when its private ``_inputs`` is gone, pipelines count as safe.
+    """
+
+    def inputs(d):
+        return list(getattr(d, "_inputs", list)())
+
+    def prefetches(d):
+        stack = inputs(d)
+        while stack:
+            d = stack.pop()
+            if type(d).__name__ == "_AssertCardinalityDataset":
+                continue
+            if type(d).__name__ == "_PrefetchDataset":
+                return True
+            stack.extend(inputs(d))
+        return False
+
+    stack = [dataset]
+    while stack:
+        d = stack.pop()
+        if type(d).__name__ == "CacheDataset" and prefetches(d):
+            return True
+        stack.extend(inputs(d))
+    return False
 
 
 def check_learning_rate(learning_rate, argument="learning_rate"):

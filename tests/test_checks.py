@@ -556,3 +556,38 @@ def test_damaged_keras_trunk_is_named_as_damaged(tmp_path, case):
 def test_missing_keras_trunk_is_still_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such .keras file"):
         mtk.build_multitask_model(str(tmp_path / "nope.keras"), heads=[mtk.heads.Binary("b")])
+
+
+# A pipeline that caches what a prefetch read ahead: read in part, TensorFlow
+# 2.21 can keep a cut copy in the cache (here most reads did without a guard).
+PARTIAL_READS = 30
+
+
+def _read_ahead(x, y):
+    slow = lambda x, y: (x + 0 * tf.reduce_sum(tf.random.uniform((100, 100))), y)
+    return tf.data.Dataset.from_tensor_slices((x, y)).map(slow).prefetch(2)
+
+
+def _examples(ds):
+    return sum(int(tf.shape(batch[0])[0]) for batch in ds)
+
+
+def test_cache_whole_is_never_cut_by_a_partial_read():
+    x, y = _data(12)
+    for _ in range(PARTIAL_READS):
+        ds = mtk.data.tfds_pipeline.cache_whole(_read_ahead(x, y)).batch(8).prefetch(2)
+        next(iter(ds.take(1)))
+        assert _examples(ds) == 12
+
+
+def test_first_batch_check_leaves_a_read_ahead_cache_whole():
+    model, (x, y) = _model(), _data(12)
+    for _ in range(PARTIAL_READS):
+        ds = _read_ahead(x, y).cache().batch(8)
+        mtk.check_training_data(model, ds)
+        assert _examples(ds) == 12
+    # Not read up front, its labels are still checked: by the step.
+    ds = _read_ahead(x, _poison(y, "item", 1, 9)).cache().batch(8)
+    mtk.check_training_data(model, ds)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Head item"):
+        model.fit(ds, epochs=1, verbose=0)

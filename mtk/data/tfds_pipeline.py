@@ -164,7 +164,7 @@ def from_tfds(
     if cache == "auto":
         cache = _decoded_bytes(dataset, builder, split) < AUTO_CACHE_BYTES
     if cache:
-        dataset = dataset.cache("" if cache is True else cache)
+        dataset = cache_whole(dataset, "" if cache is True else cache)
     if shuffle:
         buffer = DEFAULT_SHUFFLE_BUFFER if shuffle is True else int(shuffle)
         dataset = dataset.shuffle(buffer, seed=seed)
@@ -313,3 +313,27 @@ def _resize(image, image_size, inputs):
     if image.dtype.is_integer:
         return tf.saturate_cast(tf.round(resized), image.dtype)
     return tf.cast(resized, image.dtype)
+
+
+def cache_whole(dataset, filename=""):
+    """``dataset.cache(filename)`` that can only ever keep the whole dataset.
+
+    A read stopped early (a first-batch check, a ``take``) cancels the
+    pipeline, and TensorFlow's ``prefetch`` then reports the end of the
+    data; ``cache`` takes that as the end and keeps the cut copy for every
+    later epoch (TensorFlow 2.21; TFDS datasets end in a ``prefetch``).
+    With the count known, the cache reads through a cardinality assertion,
+    so a short read fails instead of being kept.
+
+    Example:
+
+    >>> ds = mtk.data.tfds_pipeline.cache_whole(
+    ...     tf.data.Dataset.range(12).prefetch(2)).batch(8).prefetch(2)
+    >>> _ = next(iter(ds.take(1)))
+    >>> sum(len(batch) for batch in ds)
+    12
+    """
+    count = int(dataset.cardinality())
+    if count >= 0:
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(count))
+    return dataset.cache(filename)
