@@ -58,14 +58,17 @@ def task_names(k):
     return [f"task{i}" for i in range(k)]
 
 
+def task_outputs(features, k):
+    """K 10-way heads on ``features``, as mtk builds them."""
+    return {t: keras.layers.Dense(10, activation="softmax", dtype="float32", name=t)(features)
+            for t in task_names(k)}
+
+
 def hand_written_model(k):
     """The same graph as mtk's, as a plain Keras user would write it."""
     network = mtk.data.lenet()
     inputs = keras.Input((36, 36, 1))
-    features = network(inputs)
-    outputs = {t: keras.layers.Dense(10, activation="softmax", dtype="float32", name=t)(features)
-               for t in task_names(k)}
-    model = keras.Model(inputs, outputs)
+    model = keras.Model(inputs, task_outputs(network(inputs), k))
     model.compile(
         optimizer="adam",
         loss={t: mtk.losses.MaskedLoss("sparse_categorical_crossentropy", "class_id")
@@ -78,9 +81,10 @@ def hand_written_model(k):
 
 
 class FloorModel(keras.Model):
-    """The hand-written model's step plus one backward pass per task through
-    every layer's activations, down to the first convolution's output, and
-    none through the weights.
+    """The hand-written model's graph and update, plus one backward pass per
+    task through every layer's activations, down to the first convolution's
+    output, and none through the weights. Its losses are plain (no masks,
+    no metrics), so if anything it understates the floor.
 
     An exact per-task gradient (full-parameter MGDA, PCGrad, ...) cannot
     skip those K passes, whatever it does with the weights' gradients (a
@@ -114,9 +118,7 @@ def floor_model(k):
         x = layer(x)
         if first is None and isinstance(layer, keras.layers.Conv2D):
             first = x
-    outputs = {t: keras.layers.Dense(10, activation="softmax", dtype="float32", name=t)(x)
-               for t in task_names(k)}
-    model = FloorModel(inputs, {"first_activation": first, **outputs})
+    model = FloorModel(inputs, {"first_activation": first, **task_outputs(x, k)})
     model.compile(optimizer="adam")
     return model
 

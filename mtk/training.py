@@ -336,14 +336,11 @@ def check_training_data(model, x, y=None, *, source=None):
 def _caches_read_ahead(dataset):
     """Whether ``dataset`` caches what a ``prefetch`` before the cache reads.
 
-    Reading such a pipeline only in part (one batch, as the check above
-    would) cancels it; TensorFlow's ``prefetch`` then reports the end of
-    the data, and the cache keeps the cut copy for every later epoch
-    (TensorFlow 2.21). ``tfds.load(...).cache()`` is such a pipeline:
-    TFDS datasets end in a prefetch. A cardinality assertion between the
-    two (`mtk.data.tfds_pipeline.cache_whole`) makes a short read fail
-    instead, so it is safe. tf.data has no public way to walk a pipeline;
-    when its private ``_inputs`` is gone, pipelines count as safe.
+    A partial read can leave such a cache holding a cut copy (why: see
+    `mtk.data.tfds_pipeline.cache_whole`); ``tfds.load(...).cache()`` is
+    one. A cardinality assertion between the two, as ``cache_whole`` puts,
+    makes it safe. tf.data has no public way to walk a pipeline; when its
+    private ``_inputs`` is gone, pipelines count as safe.
     """
 
     def inputs(d):
