@@ -580,6 +580,11 @@ def test_cache_whole_is_never_cut_by_a_partial_read():
         assert _examples(ds) == 12
 
 
+def test_cache_whole_names_a_dataset_that_is_not_one():
+    with pytest.raises(TypeError, match=r"cache_whole\(dataset=...\) takes a tf.data.Dataset, got ndarray"):
+        mtk.data.tfds_pipeline.cache_whole(np.zeros(3))
+
+
 def test_first_batch_check_leaves_a_read_ahead_cache_whole():
     model, (x, y) = _model(), _data(12)
     for _ in range(PARTIAL_READS):

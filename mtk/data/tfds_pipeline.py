@@ -333,6 +333,11 @@ def cache_whole(dataset, filename=""):
     >>> sum(len(batch) for batch in ds)
     12
     """
+    if not isinstance(dataset, tf.data.Dataset):
+        raise TypeError(
+            f"cache_whole(dataset=...) takes a tf.data.Dataset, got "
+            f"{type(dataset).__name__}."
+        )
     count = int(dataset.cardinality())
     if count >= 0:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(count))
